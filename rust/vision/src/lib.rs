@@ -1,0 +1,247 @@
+//! Image classification around a compiled model. Everything model-specific
+//! (input name and shape, crop, resize filter, mean/std, layout, labels)
+//! comes from the model's metadata (`model.json`), nothing is hard-coded.
+
+use image::imageops::FilterType;
+use image::RgbImage;
+use model_runtime::{Model, Session};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Deserialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub inputs: BTreeMap<String, InputSpec>,
+    pub outputs: Vec<String>,
+    pub preprocess: Preprocess,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InputSpec {
+    pub shape: Vec<usize>,
+    pub dtype: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Preprocess {
+    /// Width and height fed to the model.
+    pub size: [u32; 2],
+    /// The centred crop covers this fraction of the image, before resizing.
+    pub crop_fraction: f32,
+    pub interpolation: Interpolation,
+    /// Per channel (RGB), on pixel values in 0..=255: (x - mean) / std.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub layout: Layout,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Layout {
+    NCHW,
+    NHWC,
+}
+
+#[derive(Debug)]
+pub enum Error {
+    /// The embedded metadata or labels do not fit the model.
+    Metadata(String),
+    /// The bytes are not an image this build can decode.
+    Decode(String),
+    /// The model failed.
+    Model(model_runtime::Error),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Metadata(m) => write!(f, "model metadata: {}", m),
+            Error::Decode(m) => write!(f, "not a decodable PNG or JPEG image ({})", m),
+            Error::Model(e) => write!(f, "{}", e),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<model_runtime::Error> for Error {
+    fn from(e: model_runtime::Error) -> Error {
+        Error::Model(e)
+    }
+}
+
+/// One class and its softmax probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction<'a> {
+    pub class: usize,
+    pub label: &'a str,
+    pub probability: f32,
+}
+
+/// A model with its metadata and labels, ready to classify images.
+pub struct Classifier {
+    model: Model,
+    info: ModelInfo,
+    labels: Vec<String>,
+}
+
+impl Classifier {
+    pub fn new(model: Model, meta_json: &str, labels: &str) -> Result<Classifier, Error> {
+        let info: ModelInfo = serde_json::from_str(meta_json).map_err(|e| Error::Metadata(e.to_string()))?;
+        if info.inputs.len() != 1 || info.outputs.is_empty() {
+            return Err(Error::Metadata("a classifier has one image input and a logits output".into()));
+        }
+        // Every line is a class, class 0 included.
+        let labels: Vec<String> = labels.lines().map(|l| l.trim_end().to_string()).collect();
+        let classifier = Classifier { model, info, labels };
+        let classes = classifier.model.outputs().first().map(|o| o.shape.iter().product::<i64>()).unwrap_or(0);
+        if classes as usize != classifier.labels.len() {
+            return Err(Error::Metadata(format!("{} labels for {} classes", classifier.labels.len(), classes)));
+        }
+        Ok(classifier)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn session(&self) -> Session<'_> {
+        self.model.session()
+    }
+
+    /// Decodes, preprocesses and classifies one image; the `top` best classes.
+    pub fn classify(&self, session: &mut Session<'_>, image: &[u8], top: usize) -> Result<Vec<Prediction<'_>>, Error> {
+        let (input, _) = self.info.inputs.iter().next().ok_or_else(|| Error::Metadata("no input".into()))?;
+        let tensor = preprocess(image, &self.info.preprocess)?;
+        session.set_input_f32(input, &tensor)?;
+        session.run()?;
+        let logits = session.output_f32(&self.info.outputs[0])?;
+        Ok(top_k(&logits, top)
+            .into_iter()
+            .map(|(class, probability)| Prediction { class, label: &self.labels[class], probability })
+            .collect())
+    }
+}
+
+fn filter(i: Interpolation) -> FilterType {
+    match i {
+        Interpolation::Nearest => FilterType::Nearest,
+        Interpolation::Bilinear => FilterType::Triangle,
+        // Catmull-Rom is the cubic with a = -0.5 that PIL and torchvision use.
+        Interpolation::Bicubic => FilterType::CatmullRom,
+        Interpolation::Lanczos => FilterType::Lanczos3,
+    }
+}
+
+/// Decodes PNG or JPEG bytes into the float tensor the model expects.
+pub fn preprocess(bytes: &[u8], p: &Preprocess) -> Result<Vec<f32>, Error> {
+    let decoded = image::load_from_memory(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    let rgb = decoded.to_rgb8();
+    let resized = crop_and_resize(&rgb, p)?;
+    Ok(normalize(&resized, p))
+}
+
+fn crop_and_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage, Error> {
+    let (w, h) = rgb.dimensions();
+    let [tw, th] = p.size;
+    if w == 0 || h == 0 || tw == 0 || th == 0 {
+        return Err(Error::Decode("empty image".into()));
+    }
+    // The largest centred box with the target's aspect ratio, scaled down.
+    let scale = (w as f32 / tw as f32).min(h as f32 / th as f32) * p.crop_fraction;
+    let cw = ((tw as f32 * scale).round() as u32).clamp(1, w);
+    let ch = ((th as f32 * scale).round() as u32).clamp(1, h);
+    let crop = image::imageops::crop_imm(rgb, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
+    Ok(image::imageops::resize(&crop, tw, th, filter(p.interpolation)))
+}
+
+fn normalize(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let plane = (w * h) as usize;
+    let mut out = vec![0f32; plane * 3];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let v = (px[c] as f32 - p.mean[c]) / p.std[c];
+            let index = match p.layout {
+                Layout::NCHW => c * plane + i,
+                Layout::NHWC => i * 3 + c,
+            };
+            out[index] = v;
+        }
+    }
+    out
+}
+
+/// The `k` most probable classes with softmax probabilities, best first.
+/// Works for any logits, all-negative ones included; NaN ranks last.
+pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().cloned().filter(|v| !v.is_nan()).fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = logits.iter().map(|&v| if v.is_nan() { 0.0 } else { (v - max).exp() }).collect();
+    let sum: f32 = exps.iter().sum();
+    let mut ranked: Vec<(usize, f32)> = exps.iter().map(|&e| e / sum).enumerate().collect();
+    ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+
+    #[test]
+    fn top_k_handles_negative_logits() {
+        let top = top_k(&[-5.0, -1.0, -3.0], 2);
+        assert_eq!(top[0].0, 1);
+        assert_eq!(top[1].0, 2);
+        assert!((top_k(&[-5.0, -1.0, -3.0], 3).iter().map(|t| t.1).sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn top_k_ranks_nan_last() {
+        assert_eq!(top_k(&[f32::NAN, 1.0], 1)[0].0, 1);
+    }
+
+    fn preprocess_spec(layout: Layout) -> Preprocess {
+        Preprocess {
+            size: [2, 2],
+            crop_fraction: 1.0,
+            interpolation: Interpolation::Nearest,
+            mean: [0.0, 0.0, 0.0],
+            std: [1.0, 1.0, 2.0],
+            layout,
+        }
+    }
+
+    #[test]
+    fn normalizes_into_the_layout() {
+        let img = RgbImage::from_fn(2, 2, |x, y| image::Rgb([(x + 2 * y) as u8, 10, 20]));
+        let nchw = normalize(&img, &preprocess_spec(Layout::NCHW));
+        assert_eq!(&nchw[..4], &[0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(nchw[8], 10.0);
+        let nhwc = normalize(&img, &preprocess_spec(Layout::NHWC));
+        assert_eq!(&nhwc[..3], &[0.0, 10.0, 10.0]);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(matches!(preprocess(b"not an image", &preprocess_spec(Layout::NCHW)), Err(Error::Decode(_))));
+    }
+
+    #[test]
+    fn crops_the_centre_of_the_shorter_side() {
+        let img = RgbImage::from_fn(8, 4, |x, _| image::Rgb([x as u8, 0, 0]));
+        let out = crop_and_resize(&img, &preprocess_spec(Layout::NCHW)).unwrap();
+        assert_eq!(out.dimensions(), (2, 2));
+        // The 4x4 centre spans x = 2..6.
+        assert!(out.pixels().all(|p| (2..6).contains(&p[0])));
+    }
+}

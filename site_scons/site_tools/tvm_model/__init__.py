@@ -1,0 +1,130 @@
+"""SCons tool `tvm_model`: compiles an ONNX model with Apache TVM for wasm32.
+
+Builder `TVMModel(target_dir, model_json)` reads the model's metadata
+(`model.json`: the ONNX file, labels, input shapes) and makes, in target_dir:
+
+    lib<NAME>.a         the kernels, a wasm32 static archive with symbol index
+    <NAME>.plan.json    the static execution plan (see rust/runtime)
+    <NAME>.weights      the weights and folded constants, 64-byte aligned
+    <NAME>.meta.json    a copy of model.json, for programs that embed it
+    <NAME>.labels.txt   a copy of the label file, if the model has one
+
+It returns those nodes in that order. The copies are separate steps, so a
+label edit never recompiles the model.
+
+Construction variables (all part of the compile's signature):
+    TVM_TARGET_FEATURES  LLVM features for wasm32 (default "+simd128")
+    TVM_PIPELINE         "fold-fuse" (default) or "default" (TVM's own)
+    TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json
+    PYTHON               the interpreter that has TVM (default: SCons's own)
+    LLVM_AR              found on PATH unless set
+    TVMCOM, TVMCOMSTR    the compile command and its log line
+
+TVM and onnx are imported only by the compile command, a separate process.
+"""
+
+import json
+import os
+import sys
+
+import SCons.Action
+import SCons.Builder
+import SCons.Errors
+import SCons.Util
+
+from wasmml import toolchain
+
+_WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
+COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
+
+TVMCOM = (
+    "$PYTHON $TVM_COMPILER --name $TVM_MODEL_NAME --meta ${SOURCES[0]} --onnx ${SOURCES[1]} "
+    "--archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
+    "--llvm-ar $LLVM_AR --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
+    "$_TVM_SHAPE_FLAGS"
+)
+
+
+def read_model_json(node):
+    """The metadata of a model.json node, with a clear error if unreadable."""
+    path = str(node.srcnode().abspath) if node.srcnode().exists() else str(node.abspath)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except OSError as e:
+        raise SCons.Errors.UserError(f"{path}: cannot read model metadata ({e.strerror})")
+    except ValueError as e:
+        raise SCons.Errors.UserError(f"{path}: model metadata is not valid JSON ({e})")
+    for key in ("name", "onnx"):
+        if not isinstance(meta.get(key), str):
+            raise SCons.Errors.UserError(f"{path}: model metadata needs a '{key}' string")
+    return meta
+
+
+def _emitter(target, source, env):
+    """target: the output directory; source: model.json. Lists the real
+    outputs and adds the ONNX file and the compiler itself as sources, so a
+    change to either recompiles."""
+    meta_node = source[0]
+    meta = read_model_json(meta_node)
+    name = meta["name"]
+    out = target[0]
+    targets = [out.File(f"lib{name}.a"), out.File(f"{name}.plan.json"), out.File(f"{name}.weights")]
+    onnx = meta_node.File(meta["onnx"])
+    compiler_files = sorted(
+        os.path.join(_WASMML_DIR, f) for f in os.listdir(_WASMML_DIR) if f.endswith(".py"))
+    return targets, [meta_node, onnx] + [env.File(f) for f in compiler_files]
+
+
+def _shape_flags(shapes):
+    return " ".join(f"--input-shape {s}" for s in SCons.Util.flatten(shapes or []))
+
+
+def _model_artifacts(env, target_dir, model_json, **overrides):
+    """Pseudo-builder: compiles one model and copies its metadata and labels
+    beside the artifacts. Returns [archive, plan, weights, meta, labels?]."""
+    meta_node = env.File(model_json)
+    meta = read_model_json(meta_node)
+    name = meta["name"]
+    out_dir = env.Dir(target_dir)
+    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, **overrides)
+    nodes = list(compiled)
+    nodes += env.InstallAs(out_dir.File(f"{name}.meta.json"), meta_node)
+    if meta.get("labels"):
+        nodes += env.InstallAs(out_dir.File(f"{name}.labels.txt"), meta_node.File(meta["labels"]))
+    return nodes
+
+
+def generate(env):
+    env.SetDefault(
+        PYTHON=sys.executable,
+        TVM_COMPILER=COMPILER,
+        TVM_TARGET_FEATURES="+simd128",
+        TVM_PIPELINE="fold-fuse",
+        TVM_INPUT_SHAPES=[],
+        _TVM_SHAPE_FLAGS="${_tvm_shape_flags(TVM_INPUT_SHAPES)}",
+        _tvm_shape_flags=_shape_flags,
+        TVMCOM=TVMCOM,
+        TVMCOMSTR="Compiling model $TVM_MODEL_NAME with TVM (wasm32 $TVM_TARGET_FEATURES, $TVM_PIPELINE)",
+    )
+    if "LLVM_AR" not in env:
+        try:
+            env["LLVM_AR"] = toolchain.find_llvm_ar()
+        except toolchain.ToolchainError as e:
+            env["LLVM_AR"] = "llvm-ar"
+            env["TVM_TOOLCHAIN_ERROR"] = str(e)
+    env["BUILDERS"]["_TVMCompile"] = SCons.Builder.Builder(
+        action=SCons.Action.Action("$TVMCOM", "$TVMCOMSTR"),
+        emitter=_emitter,
+        target_factory=env.Dir,
+        source_factory=env.File,
+    )
+    env.AddMethod(_model_artifacts, "TVMModel")
+
+
+def exists(env):
+    try:
+        toolchain.find_llvm_ar()
+    except toolchain.ToolchainError:
+        return False
+    return True

@@ -1,0 +1,390 @@
+"""Compile one ONNX model with Apache TVM into the three artifacts a wasm32
+program needs: a static archive of kernels, an execution plan and the weights.
+
+Run by the `tvm_model` SCons tool as a separate process ($TVMCOM), so SCons
+itself never imports TVM or onnx. Every failure the user can cause ends in
+one line, `error: model 'NAME': CAUSE`, exit status 1, and no output file.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+PLAN_FORMAT = 1
+ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
+
+
+class ModelError(Exception):
+    """A problem with the model or its options, reported as one line."""
+
+
+def _align(n):
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--name", required=True)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--meta", required=True, help="the model's model.json")
+    p.add_argument("--archive", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--llvm-ar", required=True)
+    p.add_argument("--target-features", default="+simd128",
+                   help="comma-separated LLVM features for wasm32, e.g. +simd128")
+    p.add_argument("--pipeline", default="fold-fuse", choices=sorted(PIPELINES))
+    p.add_argument("--input-shape", action="append", default=[],
+                   metavar="NAME=D0,D1,...", help="override an input's shape")
+    return p.parse_args(argv)
+
+
+# --- loading --------------------------------------------------------------
+
+def load_onnx(path):
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not os.path.isfile(path):
+        raise ModelError(f"{path}: file not found")
+    try:
+        model = onnx.load(path)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ModelError(f"{path}: not a readable ONNX file ({_first_line(e)})")
+    if not model.graph.node:
+        raise ModelError(f"{path}: not an ONNX model (no graph nodes; truncated or wrong file?)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ModelError(f"{path}: invalid ONNX model ({_first_line(e)})")
+    return model
+
+
+def input_shapes(model, meta, overrides):
+    """Shape of every graph input: command line, then model.json, then the
+    ONNX file itself; an unknown dimension with no shape given is an error."""
+    given = {name: spec["shape"] for name, spec in meta.get("inputs", {}).items()}
+    for item in overrides:
+        name, _, dims = item.partition("=")
+        try:
+            given[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            raise ModelError(f"--input-shape {item!r}: expected NAME=D0,D1,...")
+    initializers = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for inp in model.graph.input:
+        if inp.name in initializers:
+            continue
+        if inp.name in given:
+            shapes[inp.name] = list(given.pop(inp.name))
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        unknown = [d.dim_param or "?" for d in dims if not d.dim_value]
+        if unknown or not inp.type.tensor_type.HasField("shape"):
+            raise ModelError(
+                f"input '{inp.name}' has unknown dimension '{(unknown or ['rank'])[0]}' "
+                f"and no shape is given (set it in model.json 'inputs' or TVM_INPUT_SHAPES)")
+        shapes[inp.name] = [d.dim_value for d in dims]
+    if given:
+        raise ModelError(f"shape given for '{sorted(given)[0]}', which is not an input of the graph")
+    return shapes
+
+
+def _first_line(exc):
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # TVM puts the useful sentence last, after a traceback.
+    for ln in reversed(lines):
+        if "Error" in ln or "not supported" in ln.lower():
+            return ln[:300]
+    return lines[-1][:300]
+
+
+# --- compiling ------------------------------------------------------------
+
+def _fold_fuse(mod):
+    """Fold weight-only work into constants and fuse elementwise chains into
+    their producers before TVM's default lowering."""
+    from tvm import relax, transform
+
+    return transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.FoldConstant(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])(mod)
+
+
+PIPELINES = {"default": None, "fold-fuse": _fold_fuse}
+
+
+def to_relax(model, shapes):
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
+    except Exception as e:  # the frontend raises many kinds; all mean "cannot import"
+        raise ModelError(f"TVM cannot import the graph: {_first_line(e)}")
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    num_inputs = len(shapes)
+    weights = dict(zip(main.params[num_inputs:], params.get("main", [])))
+    return relax.transform.BindParams("main", weights)(mod)
+
+
+def wasm_target(features):
+    import tvm
+
+    mattr = [f.strip() for f in features.split(",") if f.strip()]
+    return tvm.target.Target({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm",
+                              "mattr": mattr})
+
+
+def lower(mod, target, pipeline):
+    from tvm import relax
+
+    with target:
+        if PIPELINES[pipeline] is not None:
+            mod = PIPELINES[pipeline](mod)
+        return relax.get_pipeline("default")(mod)
+
+
+def build_object(mod, target, path):
+    from tvm import relax
+
+    try:
+        ex = relax.build(mod, target, relax_pipeline=None, system_lib=True)
+    except Exception as e:
+        raise ModelError(f"TVM cannot compile the kernels: {_first_line(e)}")
+    ex.mod.imports[0].write_to_file(path)
+
+
+# --- the execution plan ----------------------------------------------------
+
+class PlanBuilder:
+    """Turns the lowered `main` (a straight line of storage allocations,
+    tensor views, kernel calls and reshapes) into a static plan: every tensor
+    gets a fixed place in one arena or in the weights blob."""
+
+    IGNORED = {"relax.vm.kill_object", "relax.null_value"}
+    IGNORED_BUILTINS = {"vm.builtin.check_tensor_info", "vm.builtin.match_shape"}
+
+    def __init__(self):
+        self.tensors = []          # plan entries
+        self.values = {}           # relax Var -> tensor index, arena offset or tuple
+        self.arena = 0
+        self.weights = bytearray()
+        self.const_ids = {}        # constant handle -> tensor index
+        self.steps = []
+        self.kernels = []
+
+    def _tensor(self, dtype, shape, region, offset):
+        self.tensors.append({"dtype": dtype, "shape": [int(d) for d in shape],
+                             "region": region, "offset": int(offset)})
+        return len(self.tensors) - 1
+
+    def _arena_alloc(self, nbytes):
+        offset = self.arena
+        self.arena = _align(self.arena + int(nbytes))
+        return offset
+
+    def _constant(self, const):
+        key = const.value.__chandle__()
+        if key not in self.const_ids:
+            array = const.value.numpy()
+            offset = len(self.weights)
+            self.weights += array.tobytes()
+            self.weights += bytes(_align(len(self.weights)) - len(self.weights))
+            self.const_ids[key] = self._tensor(str(array.dtype), array.shape, "weights", offset)
+        return self.const_ids[key]
+
+    def _arg(self, arg):
+        import tvm
+        from tvm import relax
+
+        if isinstance(arg, relax.Var):
+            return {"tensor": self.values[arg]}
+        if hasattr(arg, "value") and isinstance(arg.value, tvm.runtime.Tensor):
+            return {"tensor": self._constant(arg)}
+        if isinstance(arg, tvm.tir.IntImm):
+            return {"int": int(arg.value)}
+        raise ModelError(f"unsupported kernel argument in plan: {arg}")
+
+    def _tensor_like(self, var, shape):
+        return str(var.ty.dtype), [int(d) for d in shape]
+
+    def bind(self, var, value):
+        import tvm
+        from tvm import relax
+
+        if isinstance(value, relax.Var):
+            self.values[var] = self.values[value]
+        elif isinstance(value, relax.Tuple):
+            self.values[var] = tuple(self._arg(f)["tensor"] for f in value.fields)
+        elif isinstance(value, relax.TupleGetItem):
+            self.values[var] = self.values[value.tuple_value][value.index]
+        elif not isinstance(value, relax.Call):
+            raise ModelError(f"unsupported statement in plan: {value}")
+        elif isinstance(value.op, relax.GlobalVar):
+            name = value.op.name_hint
+            if name not in self.kernels:
+                self.kernels.append(name)
+            self.steps.append({"kernel": name, "args": [self._arg(a) for a in value.args]})
+        elif isinstance(value.op, relax.ExternFunc):
+            self._builtin(var, value)
+        elif isinstance(value.op, tvm.ir.Op):
+            self._vm_op(var, value)
+        else:
+            raise ModelError(f"unsupported call in plan: {value.op}")
+
+    def _builtin(self, var, call):
+        symbol = call.op.global_symbol
+        if symbol in self.IGNORED_BUILTINS:
+            return
+        if symbol != "vm.builtin.reshape":
+            raise ModelError(f"unsupported VM builtin in plan: {symbol}")
+        src = self.tensors[self._arg(call.args[0])["tensor"]]
+        dtype, shape = self._tensor_like(var, call.args[1].values)
+        self.values[var] = self._tensor(dtype, shape, src["region"], src["offset"])
+
+    def _vm_op(self, var, call):
+        name = call.op.name
+        if name in self.IGNORED:
+            return
+        if name == "relax.vm.alloc_storage":
+            self.values[var] = self._arena_alloc(call.args[0].values[0])
+        elif name == "relax.vm.alloc_tensor":
+            base = self.values[call.args[0]]
+            offset = int(call.args[1].value) if hasattr(call.args[1], "value") else int(call.args[1])
+            dtype, shape = self._tensor_like(var, call.args[2].values)
+            self.values[var] = self._tensor(dtype, shape, "arena", base + offset)
+        else:
+            raise ModelError(f"unsupported VM operation in plan: {name}")
+
+    def build(self, func, input_names, output_names):
+        from tvm import relax
+
+        inputs = []
+        for param, name in zip(func.params, input_names):
+            dtype, shape = self._tensor_like(param, param.ty.shape.values)
+            self.values[param] = self._tensor(dtype, shape, "arena",
+                                              self._arena_alloc(_nbytes(dtype, shape)))
+            inputs.append({"name": name, "tensor": self.values[param]})
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                self.bind(binding.var, binding.value)
+        result = func.body.body
+        if isinstance(result, relax.Tuple):
+            out = [self._arg(f)["tensor"] for f in result.fields]
+        else:
+            out = self.values[result]
+            out = list(out) if isinstance(out, tuple) else [out]
+        if len(out) != len(output_names):
+            raise ModelError(f"graph has {len(output_names)} outputs but TVM produced {len(out)}")
+        return {
+            "format": PLAN_FORMAT,
+            "arena_size": self.arena,
+            "weights_size": len(self.weights),
+            "kernels": self.kernels,
+            "tensors": self.tensors,
+            "inputs": inputs,
+            "outputs": [{"name": n, "tensor": t} for n, t in zip(output_names, out)],
+            "steps": self.steps,
+        }
+
+
+def _nbytes(dtype, shape):
+    import numpy as np
+
+    n = 1
+    for d in shape:
+        n *= d
+    return n * np.dtype(dtype).itemsize
+
+
+# --- writing ----------------------------------------------------------------
+
+def write_outputs(args, plan, weights, obj_path):
+    """Write every artifact beside its final name, then rename them all, so a
+    failure or a kill never leaves a partial artifact under a final name."""
+    staged = []
+    try:
+        archive_tmp = args.archive + ".tmp"
+        member = os.path.join(os.path.dirname(obj_path), args.name + ".o")
+        os.replace(obj_path, member)
+        if os.path.exists(archive_tmp):
+            os.remove(archive_tmp)
+        # D: deterministic (no timestamps, uids); s: write the symbol index.
+        subprocess.run([args.llvm_ar, "rcsD", archive_tmp, member], check=True)
+        staged.append((archive_tmp, args.archive))
+        staged.append((_write_tmp(args.plan, json.dumps(plan, indent=1, sort_keys=True).encode()), args.plan))
+        staged.append((_write_tmp(args.weights, bytes(weights)), args.weights))
+        for tmp, final in staged:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, final in staged:
+            for path in (tmp, final):
+                if os.path.exists(path):
+                    os.remove(path)
+        raise
+
+
+def _write_tmp(final, data):
+    tmp = final + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    return tmp
+
+
+def remove_outputs(args):
+    for path in (args.archive, args.plan, args.weights):
+        for p in (path, path + ".tmp"):
+            if os.path.exists(p):
+                os.remove(p)
+
+
+def compile_model(args):
+    with open(args.meta) as f:
+        meta = json.load(f)
+    model = load_onnx(args.onnx)
+    shapes = input_shapes(model, meta, args.input_shape)
+    output_names = [o.name for o in model.graph.output]
+    mod = to_relax(model, shapes)
+    target = wasm_target(args.target_features)
+    try:
+        lowered = lower(mod, target, args.pipeline)
+    except ModelError:
+        raise
+    except Exception as e:
+        raise ModelError(f"TVM cannot lower the graph: {_first_line(e)}")
+    builder = PlanBuilder()
+    plan = builder.build(lowered["main"], list(shapes), output_names)
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = os.path.join(tmp, "kernels.o")
+        build_object(lowered, target, obj)
+        write_outputs(args, plan, builder.weights, obj)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    remove_outputs(args)
+    try:
+        compile_model(args)
+    except ModelError as e:
+        remove_outputs(args)
+        print(f"error: model '{args.name}': {e}", file=sys.stderr)
+        return 1
+    except BaseException:
+        remove_outputs(args)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

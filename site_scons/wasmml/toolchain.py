@@ -1,0 +1,126 @@
+"""Toolchain discovery, in one place: a rustc whose sysroot has a wasm32
+standard library, the cargo and rustdoc beside it, the WASI target's name for
+that rustc, Debian's offline crate registry if there is one, and llvm-ar.
+
+Nothing here imports SCons, so tests and scripts can use it too.
+"""
+
+import functools
+import os
+import shutil
+import subprocess
+
+WASM_UNKNOWN = "wasm32-unknown-unknown"
+# rustc 1.78 renamed wasm32-wasi to wasm32-wasip1; 1.84 removed the old name.
+WASI_NAMES = ("wasm32-wasip1", "wasm32-wasi")
+DEBIAN_REGISTRY = "/usr/share/cargo/registry"
+LLVM_AR_NAMES = ["llvm-ar"] + [f"llvm-ar-{v}" for v in range(20, 13, -1)]
+
+INSTALL_HINT = (
+    "install Debian's toolchain (apt-get install rustc cargo libstd-rust-dev-wasm32 "
+    "wasi-libc lld llvm) or a rustup one (rustup target add wasm32-wasip1 "
+    "wasm32-unknown-unknown), or set RUSTC to a rustc that has them"
+)
+
+
+class ToolchainError(Exception):
+    """Something the build needs is not installed; the message says what."""
+
+
+class RustToolchain:
+    def __init__(self, rustc, cargo, rustdoc, wasi_target, targets, version):
+        self.rustc = rustc
+        self.cargo = cargo
+        self.rustdoc = rustdoc
+        self.wasi_target = wasi_target
+        self.targets = targets
+        self.version = version
+
+    def has_target(self, target):
+        return target in self.targets
+
+
+def _run(args):
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _rustc_candidates():
+    seen = []
+    for path in (os.environ.get("RUSTC"), "/usr/bin/rustc", shutil.which("rustc"),
+                 os.path.expanduser("~/.cargo/bin/rustc")):
+        if path and os.path.isfile(path) and path not in seen:
+            seen.append(path)
+    return seen
+
+
+def _installed_targets(sysroot):
+    """Targets whose standard library is present, not merely known."""
+    rustlib = os.path.join(sysroot, "lib", "rustlib")
+    found = []
+    for target in (WASM_UNKNOWN,) + WASI_NAMES:
+        libdir = os.path.join(rustlib, target, "lib")
+        if os.path.isdir(libdir) and any(f.startswith("libstd-") for f in os.listdir(libdir)):
+            found.append(target)
+    return found
+
+
+def _beside(rustc, tool):
+    """The cargo or rustdoc of the same installation: a rustup shim and
+    Debian's /usr/bin must not be mixed, their metadata differs."""
+    path = os.path.join(os.path.dirname(rustc), tool)
+    return path if os.path.isfile(path) else None
+
+
+def _probe(rustc):
+    sysroot = _run([rustc, "--print", "sysroot"])
+    version = _run([rustc, "--version"])
+    if not sysroot or not version:
+        return None
+    targets = _installed_targets(sysroot)
+    wasi = next((t for t in WASI_NAMES if t in targets), None)
+    cargo = _beside(rustc, "cargo")
+    if not wasi or not cargo:
+        return None
+    return RustToolchain(rustc, cargo, _beside(rustc, "rustdoc"), wasi, targets, version)
+
+
+@functools.lru_cache(maxsize=None)
+def find_rust():
+    """The first rustc (RUSTC, Debian's, PATH, rustup's) with a WASI std."""
+    tried = []
+    for rustc in _rustc_candidates():
+        found = _probe(rustc)
+        if found:
+            return found
+        tried.append(rustc)
+    raise ToolchainError(
+        f"no rustc with a wasm32 standard library (tried: {', '.join(tried) or 'none found'}): "
+        + INSTALL_HINT)
+
+
+@functools.lru_cache(maxsize=None)
+def find_llvm_ar():
+    for name in LLVM_AR_NAMES:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ToolchainError("llvm-ar not found: apt-get install llvm (it writes the archive "
+                         "symbol index that wasm-ld needs)")
+
+
+def offline_registry():
+    """Debian's crate sources, used instead of crates.io when present, so
+    builds need no network."""
+    return DEBIAN_REGISTRY if os.path.isdir(DEBIAN_REGISTRY) else None
+
+
+OFFLINE_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cargo-offline.toml")
+
+
+def cargo_source_flags():
+    """Flags that make cargo take crates from Debian's registry, if any."""
+    return ["--config", OFFLINE_CONFIG] if offline_registry() else []
