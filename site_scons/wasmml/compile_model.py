@@ -371,17 +371,41 @@ def compile_model(args):
         write_outputs(args, plan, builder.weights, obj)
 
 
+class CapturedStderr:
+    """Holds TVM's and LLVM's native log lines (written straight to fd 2)
+    while compiling: a good build stays quiet, a failed one can show them."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.file = tempfile.TemporaryFile(mode="w+b")
+        self.saved = os.dup(2)
+        os.dup2(self.file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
+        self.file.seek(0)
+        self.text = self.file.read().decode(errors="replace")
+        self.file.close()
+        return False
+
+
 def main(argv=None):
     args = parse_args(argv)
     remove_outputs(args)
+    log = CapturedStderr()
     try:
-        compile_model(args)
+        with log:
+            compile_model(args)
     except ModelError as e:
         remove_outputs(args)
         print(f"error: model '{args.name}': {e}", file=sys.stderr)
         return 1
     except BaseException:
         remove_outputs(args)
+        sys.stderr.write(getattr(log, "text", ""))
         raise
     return 0
 

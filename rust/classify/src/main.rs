@@ -66,7 +66,8 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(message) => {
             eprintln!("{}", message);
-            return ExitCode::from(2);
+            // Rust 1.63's WASI ExitCode knows only success and failure.
+            std::process::exit(2);
         }
     };
     let classifier = match load_classifier() {

@@ -97,23 +97,24 @@ fn generate(files: &ModelFiles) -> String {
         );
     }
     out.push_str("    }\n}\n\n");
-    out.push_str("pub static KERNELS: &[model_runtime::Kernel] = &[\n");
+    // A program may use only some of the items below.
+    out.push_str("#[allow(dead_code)]\npub static KERNELS: &[model_runtime::Kernel] = &[\n");
     for (i, name) in kernels.iter().enumerate() {
         let _ = writeln!(out, "    model_runtime::Kernel {{ name: {:?}, call: kernels::k{} }},", name, i);
     }
     out.push_str("];\n\n");
-    let _ = writeln!(out, "pub static NAME: &str = {:?};", files.name);
-    let _ = writeln!(out, "pub static PLAN: &str = include_str!({});", literal(&plan));
+    let _ = writeln!(out, "#[allow(dead_code)]\npub static NAME: &str = {:?};", files.name);
+    let _ = writeln!(out, "#[allow(dead_code)]\npub static PLAN: &str = include_str!({});", literal(&plan));
     let _ = writeln!(
         out,
-        "pub static WEIGHTS: &model_runtime::Aligned<[u8; {}]> = &model_runtime::Aligned(*include_bytes!({}));",
+        "#[allow(dead_code)]\npub static WEIGHTS: &model_runtime::Aligned<[u8; {}]> = &model_runtime::Aligned(*include_bytes!({}));",
         weights_len,
         literal(&weights)
     );
-    let _ = writeln!(out, "pub static META: Option<&str> = {};", optional_text(files, ".meta.json"));
-    let _ = writeln!(out, "pub static LABELS: Option<&str> = {};", optional_text(files, ".labels.txt"));
+    let _ = writeln!(out, "#[allow(dead_code)]\npub static META: Option<&str> = {};", optional_text(files, ".meta.json"));
+    let _ = writeln!(out, "#[allow(dead_code)]\npub static LABELS: Option<&str> = {};", optional_text(files, ".labels.txt"));
     out.push_str(
-        "\n/// The embedded model, checked against its kernels.\n\
+        "\n/// The embedded model, checked against its kernels.\n#[allow(dead_code)]\n\
          pub fn load() -> Result<model_runtime::Model, model_runtime::Error> {\n    \
          model_runtime::Model::new(PLAN, &WEIGHTS.0, KERNELS)\n}\n",
     );

@@ -175,9 +175,12 @@ def _triple(env):
 
 
 def _rustflags(env):
-    # Keep absolute build paths out of the module, so builds are reproducible.
-    root = env.Dir("#").abspath
-    return f"--remap-path-prefix={root}=."
+    """Keeps absolute paths out of the module, so builds are reproducible.
+    Depends only on where the crates are, so every project that builds
+    them shares one cargo target dir without rebuilding dependencies."""
+    crate_dir = os.path.dirname(env.subst("$CARGO_MANIFEST"))
+    root = _workspace_root(crate_dir) or crate_dir
+    return f"--remap-path-prefix={root}=rust"
 
 
 def _check_toolchain(target, source, env):

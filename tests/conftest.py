@@ -1,0 +1,61 @@
+"""Shared fixtures: run the test SCons project (tests/project/SConstruct) and
+run built WASI modules under wasmtime (tools/wasmrun.py).
+
+Every scons run of a session uses one cargo target dir, so the Rust
+dependencies are compiled once.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCONS = Path(sys.executable).with_name("scons")  # the venv's, beside its python
+BUILD_TIMEOUT = 600
+
+
+@pytest.fixture(scope="session")
+def repo():
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def python():
+    return sys.executable
+
+
+@pytest.fixture(scope="session")
+def cargo_target_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cargo-target")
+
+
+@pytest.fixture(scope="session")
+def scons(cargo_target_dir):
+    """scons(*args, cwd, check=True): runs the test project with cwd as its
+    top directory ('#', where build/ goes). Returns the CompletedProcess."""
+    def run(*args, cwd, check=True):
+        cmd = [str(SCONS), "-C", str(cwd), "-f", str(REPO / "tests" / "project" / "SConstruct"),
+               "--site-dir", str(REPO / "site_scons"), f"CARGO_TARGET_DIR={cargo_target_dir}",
+               *map(str, args)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
+        if check and proc.returncode != 0:
+            pytest.fail(f"scons failed with status {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_wasm(python, tmp_path_factory):
+    """run_wasm(wasm, io_dir): runs a run-model module on io_dir's inputs;
+    fails the test unless it exits 0."""
+    cache = tmp_path_factory.mktemp("wasmrun-cache")  # never ~/.cache
+
+    def run(wasm, io_dir):
+        proc = subprocess.run(
+            [python, str(REPO / "tools" / "wasmrun.py"), "--dir", str(io_dir), str(wasm), str(io_dir)],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, WASMRUN_CACHE=str(cache)))
+        assert proc.returncode == 0, f"{wasm} exited {proc.returncode}: {proc.stderr}"
+        return proc
+    return run

@@ -1,0 +1,174 @@
+"""The main job, for real: `scons wasi` builds the bundled EfficientNet-Lite0
+into classify.wasm, which names what is in a photo under wasmtime and Node's
+WASI, and whose logits match onnxruntime's."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import wasmtime
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_DIR = REPO / "models" / "efficientnet_lite0"
+IMAGES = REPO / "models" / "images"
+CAT_CLASSES = range(281, 288)
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def built():
+    """classify.wasm and run-model.wasm, built once by the project's own
+    SConstruct with its default settings."""
+    subprocess.run([sys.executable, "-m", "SCons", "-Q", "wasi", "run-model"],
+                   cwd=REPO, check=True)
+    return {"classify": REPO / "build/wasi/classify.wasm",
+            "run-model": REPO / "build/wasi/run-model.wasm"}
+
+
+def run(wasm, *args, node=False):
+    cmd = [sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "."]
+    cmd += ["--node"] if node else []
+    return subprocess.run(cmd + [str(wasm), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def labels():
+    return (MODEL_DIR / "labels.txt").read_text().splitlines()
+
+
+def rel(path):
+    return path.relative_to(REPO)
+
+
+def test_chelsea_is_a_cat(built):
+    out = run(built["classify"], rel(IMAGES / "chelsea.png"))
+    assert out.returncode == 0, out.stderr
+    assert labels().index(out.stdout.strip()) in CAT_CLASSES
+
+
+def test_coffee_is_espresso(built):
+    out = run(built["classify"], rel(IMAGES / "coffee.png"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == labels()[ESPRESSO]
+
+
+def test_top_n_lists_probabilities_best_first(built):
+    out = run(built["classify"], "--top", "5", rel(IMAGES / "coffee.png"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5
+    probs = [float(line.split()[0]) for line in lines]
+    assert probs == sorted(probs, reverse=True)
+    assert 0.9 < probs[0] <= 1.0 and sum(probs) <= 1.0001
+    assert lines[0].split(None, 1)[1] == labels()[ESPRESSO]
+
+
+def test_several_images_are_prefixed(built):
+    photos = [rel(IMAGES / "chelsea.png"), rel(IMAGES / "rocket.jpg")]
+    out = run(built["classify"], *photos)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split(": ")[0] for line in lines] == [str(p) for p in photos]
+
+
+def test_node_wasi_prints_the_same(built):
+    args = ["--top", "3", rel(IMAGES / "chelsea.png"), rel(IMAGES / "rocket.jpg")]
+    wasmtime_out = run(built["classify"], *args)
+    node_out = run(built["classify"], *args, node=True)
+    assert wasmtime_out.returncode == node_out.returncode == 0, node_out.stderr
+    assert node_out.stdout == wasmtime_out.stdout
+
+
+@pytest.mark.parametrize("wasm", ["classify", "run-model"])
+def test_imports_only_wasi(built, wasm):
+    module = wasmtime.Module.from_file(wasmtime.Engine(), str(built[wasm]))
+    assert {imp.module for imp in module.imports} == {"wasi_snapshot_preview1"}
+
+
+def bad_file_cases(tmp):
+    text = tmp / "notes.txt"
+    text.write_text("not an image\n")
+    truncated = tmp / "truncated.png"
+    truncated.write_bytes((IMAGES / "chelsea.png").read_bytes()[:5000])
+    empty = tmp / "empty.jpg"
+    empty.write_bytes(b"")
+    return {"missing.png": "cannot read", text: "not a decodable",
+            truncated: "not a decodable", empty: "not a decodable"}
+
+
+def test_bad_files_get_one_line_errors_and_exit_1(built, tmp_path):
+    work = REPO / "build" / "test-bad-images"
+    work.mkdir(parents=True, exist_ok=True)
+    for path, message in bad_file_cases(work).items():
+        target = rel(Path(path)) if Path(path).is_absolute() else Path("build") / path
+        out = run(built["classify"], target)
+        assert out.returncode == 1, (path, out.stderr)
+        assert out.stdout == ""
+        lines = out.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {target}: "), out.stderr
+        assert message in lines[0]
+        assert "panicked" not in out.stderr and "trapped" not in out.stderr
+
+
+def test_good_files_still_classified_beside_bad_ones(built):
+    out = run(built["classify"], "build/no-such.png", rel(IMAGES / "coffee.png"))
+    assert out.returncode == 1
+    assert out.stdout.strip().endswith(labels()[ESPRESSO])
+    assert len(out.stderr.splitlines()) == 1
+
+
+def test_usage_errors(built):
+    assert run(built["classify"]).returncode == 2
+    out = run(built["classify"], "--top", "zero", "x.png")
+    assert out.returncode == 2 and "--top" in out.stderr
+
+
+# --- numerics against onnxruntime ---------------------------------------------
+
+def preprocess(path, meta):
+    """model.json's preprocessing, with PIL: centred crop, resize, normalise."""
+    p = meta["preprocess"]
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    tw, th = p["size"]
+    scale = min(w / tw, h / th) * p["crop_fraction"]
+    cw, ch = round(tw * scale), round(th * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    img = img.crop((left, top, left + cw, top + ch)).resize((tw, th), Image.BICUBIC)
+    x = (np.asarray(img, dtype=np.float32) - p["mean"]) / p["std"]
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def wasm_logits(built, tensor, io_dir):
+    io_dir.mkdir(parents=True, exist_ok=True)
+    tensor.tofile(io_dir / "input_0.bin")
+    out = run(built["run-model"], rel(io_dir))
+    assert out.returncode == 0, out.stderr
+    return np.fromfile(io_dir / "output_0.bin", dtype=np.float32).reshape(1, -1)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return onnxruntime.InferenceSession(str(MODEL_DIR / "efficientnet_lite0.onnx"),
+                                        providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("photo", ["chelsea.png", "coffee.png", "noise"])
+def test_logits_match_onnxruntime(built, reference, photo):
+    meta = json.loads((MODEL_DIR / "model.json").read_text())
+    if photo == "noise":
+        tensor = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    else:
+        tensor = preprocess(IMAGES / photo, meta)
+    expected = reference.run(None, {"input": tensor})[0]
+    got = wasm_logits(built, tensor, REPO / "build" / "test-io" / photo.split(".")[0])
+    np.testing.assert_allclose(got, expected, atol=1e-3, rtol=0)
+    if photo == "chelsea.png":
+        assert int(got.argmax()) in CAT_CLASSES
+    if photo == "coffee.png":
+        assert int(got.argmax()) == ESPRESSO

@@ -1,0 +1,289 @@
+"""Small ONNX graphs, compiled by the plugin and run under wasmtime, must give
+onnxruntime's results.
+
+Every graph is built in one scons run (-j2); each is then its own test. One
+graph set is also built with TVM_PIPELINE=default, which must agree.
+"""
+import json
+import zlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import wasmtime
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+ATOL = 1e-4
+F32, I64, I32 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.INT32
+
+
+def _rng(name):
+    return np.random.default_rng(zlib.crc32(name.encode()))  # fixed per graph
+
+
+def _model(name, nodes, inputs, outputs, weights=None):
+    """inputs/outputs: [(name, elem_type, shape)]; weights: {name: array}."""
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in (weights or {}).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def conv(name):
+    r = _rng(name)
+    return _model(name, [
+        helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2],
+                         kernel_shape=[3, 3]),
+    ], [("x", F32, [1, 3, 9, 9])], [("y", F32, [1, 4, 5, 5])],
+        {"w": r.standard_normal((4, 3, 3, 3), dtype=np.float32),
+         "b": r.standard_normal(4, dtype=np.float32)})
+
+
+def maxpool(name):
+    return _model(name, [
+        helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1]),
+    ], [("x", F32, [1, 2, 7, 7])], [("y", F32, [1, 2, 4, 4])])
+
+
+def avgpool(name):
+    # padding that is not counted: border windows divide by fewer elements
+    return _model(name, [
+        helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
+                         pads=[1, 1, 1, 1], count_include_pad=0),
+    ], [("x", F32, [1, 2, 7, 7])], [("y", F32, [1, 2, 4, 4])])
+
+
+def gemm(name):
+    r = _rng(name)
+    return _model(name, [
+        helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=1, alpha=0.5, beta=2.0),
+    ], [("x", F32, [2, 16])], [("y", F32, [2, 8])],
+        {"w": r.standard_normal((8, 16), dtype=np.float32),
+         "c": r.standard_normal(8, dtype=np.float32)})
+
+
+def matmul_add(name):
+    r = _rng(name)
+    return _model(name, [
+        helper.make_node("MatMul", ["x", "w"], ["t"]),
+        helper.make_node("Add", ["t", "b"], ["y"]),
+    ], [("x", F32, [3, 16])], [("y", F32, [3, 8])],
+        {"w": r.standard_normal((16, 8), dtype=np.float32),
+         "b": r.standard_normal(8, dtype=np.float32)})
+
+
+def elementwise(name):
+    r = _rng(name)
+    # per-channel constants, broadcast over N, H, W
+    return _model(name, [
+        helper.make_node("Add", ["x", "c"], ["t0"]),
+        helper.make_node("Mul", ["t0", "d"], ["t1"]),
+        helper.make_node("Relu", ["t1"], ["t2"]),
+        helper.make_node("Sigmoid", ["t1"], ["t3"]),
+        helper.make_node("Mul", ["t2", "t3"], ["t4"]),
+        helper.make_node("Tanh", ["t4"], ["t5"]),
+        helper.make_node("Add", ["t5", "x"], ["y"]),
+    ], [("x", F32, [2, 3, 4, 5])], [("y", F32, [2, 3, 4, 5])],
+        {"c": r.standard_normal((3, 1, 1), dtype=np.float32),
+         "d": r.standard_normal((3, 1, 1), dtype=np.float32)})
+
+
+def reshape_transpose_flatten(name):
+    return _model(name, [
+        helper.make_node("Reshape", ["x", "shape"], ["t0"]),
+        helper.make_node("Transpose", ["t0"], ["t1"], perm=[0, 2, 1]),
+        helper.make_node("Flatten", ["t1"], ["y"], axis=1),
+    ], [("x", F32, [2, 3, 4])], [("y", F32, [2, 12])],
+        {"shape": np.array([2, 4, 3], dtype=np.int64)})
+
+
+def softmax(name):
+    return _model(name, [
+        helper.make_node("Softmax", ["x"], ["y"], axis=-1),
+    ], [("x", F32, [3, 10])], [("y", F32, [3, 10])])
+
+
+def concat(name):
+    r = _rng(name)
+    return _model(name, [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Concat", ["x", "r", "k"], ["y"], axis=1),
+    ], [("x", F32, [2, 3, 4])], [("y", F32, [2, 8, 4])],
+        {"k": r.standard_normal((2, 2, 4), dtype=np.float32)})
+
+
+def two_in_two_out(name):
+    # a and b have the same size, so inputs taken in the wrong order would
+    # still run, and give wrong results; the outputs differ in shape.
+    r = _rng(name)
+    return _model(name, [
+        helper.make_node("MatMul", ["a", "w"], ["p"]),
+        helper.make_node("Tanh", ["b"], ["t"]),
+        helper.make_node("Add", ["t", "one"], ["q"]),
+    ], [("a", F32, [2, 8]), ("b", F32, [4, 4])], [("p", F32, [2, 5]), ("q", F32, [4, 4])],
+        {"w": r.standard_normal((8, 5), dtype=np.float32), "one": np.float32(1.0)})
+
+
+def int64_ops(name):
+    # integer arithmetic, and an integer input cast to float for a second output
+    return _model(name, [
+        helper.make_node("Add", ["x", "c"], ["t"]),
+        helper.make_node("Mul", ["t", "x"], ["y"]),
+        helper.make_node("Cast", ["x"], ["xf"], to=F32),
+        helper.make_node("Mul", ["xf", "half"], ["z"]),
+    ], [("x", I64, [2, 5])], [("y", I64, [2, 5]), ("z", F32, [2, 5])],
+        {"c": np.arange(5, dtype=np.int64) - 2, "half": np.float32(0.5)})
+
+
+def int32_ops(name):
+    return _model(name, [
+        helper.make_node("Sub", ["x", "c"], ["t"]),
+        helper.make_node("Abs", ["t"], ["a"]),
+        helper.make_node("Max", ["a", "x"], ["y"]),
+    ], [("x", I32, [3, 4])], [("y", I32, [3, 4])],
+        {"c": np.array([3, -7, 11, 0], dtype=np.int32)})
+
+
+GRAPHS = {f.__name__: f for f in [
+    conv, maxpool, avgpool, gemm, matmul_add, elementwise, reshape_transpose_flatten,
+    softmax, concat, two_in_two_out, int64_ops, int32_ops]}
+PIPELINE_GRAPHS = ["conv", "elementwise"]  # also built with TVM_PIPELINE=default
+
+NP_TYPE = {F32: np.float32, I64: np.int64, I32: np.int32}
+
+
+def _random_input(rng, vi):
+    t = vi.type.tensor_type
+    shape = [d.dim_value for d in t.shape.dim]
+    dtype = NP_TYPE[t.elem_type]
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(-1000, 1000, size=shape, dtype=dtype)
+    return (rng.standard_normal(shape) * 2).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Every graph as <dir>/<name>/model.json + <name>.onnx: {name: (onnx model, model.json)}."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, make in GRAPHS.items():
+        model = make(name)
+        d = root / name
+        d.mkdir()
+        onnx.save(model, d / f"{name}.onnx")
+        meta = {
+            "name": name, "onnx": f"{name}.onnx",
+            "inputs": {vi.name: {"shape": [x.dim_value for x in vi.type.tensor_type.shape.dim],
+                                 "dtype": np.dtype(NP_TYPE[vi.type.tensor_type.elem_type]).name}
+                       for vi in model.graph.input},
+            "outputs": [vi.name for vi in model.graph.output],
+        }
+        (d / "model.json").write_text(json.dumps(meta))
+        out[name] = (model, d / "model.json")
+    return out
+
+
+def _build(scons, models, names, top, *args):
+    top.mkdir()
+    proc = scons("-j2", "-k", "MODELS=" + ",".join(str(models[n][1]) for n in names), *args,
+                 cwd=top, check=False)
+    return top / "build", proc
+
+
+@pytest.fixture(scope="module")
+def built(scons, models, tmp_path_factory):
+    """All graphs, built in one scons run with the default TVM_PIPELINE."""
+    return _build(scons, models, GRAPHS, tmp_path_factory.mktemp("small") / "top")
+
+
+@pytest.fixture(scope="module")
+def built_default_pipeline(scons, models, tmp_path_factory):
+    return _build(scons, models, PIPELINE_GRAPHS, tmp_path_factory.mktemp("pipeline") / "top",
+                  "TVM_PIPELINE=default")
+
+
+def _wasm(build, name):
+    build_dir, proc = build
+    wasm = build_dir / name / "run-model.wasm"
+    assert wasm.is_file(), f"{name} was not built:\n{proc.stdout}\n{proc.stderr}"
+    return wasm
+
+
+def _run(run_wasm, wasm, model, io_dir):
+    """Runs the module on seeded random inputs; returns (inputs, outputs)."""
+    rng = _rng(model.graph.name)
+    io_dir.mkdir()
+    inputs = {}
+    for i, vi in enumerate(model.graph.input):
+        inputs[vi.name] = _random_input(rng, vi)
+        (io_dir / f"input_{i}.bin").write_bytes(inputs[vi.name].astype(inputs[vi.name].dtype.newbyteorder("<")).tobytes())
+    run_wasm(wasm, io_dir)
+    outputs = []
+    for i, vi in enumerate(model.graph.output):
+        t = vi.type.tensor_type
+        shape = [d.dim_value for d in t.shape.dim]
+        dtype = np.dtype(NP_TYPE[t.elem_type]).newbyteorder("<")
+        data = (io_dir / f"output_{i}.bin").read_bytes()
+        assert len(data) == int(np.prod(shape)) * dtype.itemsize, f"output {i} ({vi.name}) size"
+        outputs.append(np.frombuffer(data, dtype).reshape(shape))
+    assert not (io_dir / f"output_{len(outputs)}.bin").exists(), "more outputs than the graph has"
+    return inputs, outputs
+
+
+def _reference(model, inputs):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, inputs)
+
+
+def _assert_outputs(model, got, expected):
+    assert len(got) == len(expected)
+    for vi, g, e in zip(model.graph.output, got, expected):
+        assert g.shape == e.shape, vi.name
+        if np.issubdtype(e.dtype, np.integer):
+            np.testing.assert_array_equal(g, e, err_msg=vi.name)
+        else:
+            np.testing.assert_allclose(g, e, atol=ATOL, rtol=0, err_msg=vi.name)
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_matches_onnxruntime(name, models, built, run_wasm, tmp_path):
+    model = models[name][0]
+    inputs, got = _run(run_wasm, _wasm(built, name), model, tmp_path / "io")
+    _assert_outputs(model, got, _reference(model, inputs))
+
+
+@pytest.mark.parametrize("name", GRAPHS)
+def test_imports_only_wasi(name, built):
+    module = wasmtime.Module(wasmtime.Engine(), _wasm(built, name).read_bytes())
+    assert module.imports, "a WASI command imports at least fd_write"
+    assert {imp.module for imp in module.imports} == {"wasi_snapshot_preview1"}
+
+
+def test_build_is_reported_per_model(built):
+    build_dir, proc = built
+    assert proc.returncode == 0, proc.stderr
+    for name in GRAPHS:
+        assert "Compiling model %s with TVM (wasm32 +simd128, fold-fuse)" % name in proc.stdout
+        assert sorted(p.name for p in (build_dir / name).iterdir()) == sorted(
+            [f"lib{name}.a", f"{name}.meta.json", f"{name}.plan.json", f"{name}.weights",
+             "run-model.wasm"])
+
+
+@pytest.mark.parametrize("name", PIPELINE_GRAPHS)
+def test_pipelines_agree(name, models, built, built_default_pipeline, run_wasm, tmp_path):
+    model = models[name][0]
+    assert f"Compiling model {name} with TVM (wasm32 +simd128, default)" in \
+        built_default_pipeline[1].stdout
+    inputs, fold_fuse = _run(run_wasm, _wasm(built, name), model, tmp_path / "fold-fuse")
+    inputs2, default = _run(run_wasm, _wasm(built_default_pipeline, name), model, tmp_path / "default")
+    assert all(np.array_equal(inputs[k], inputs2[k]) for k in inputs)
+    expected = _reference(model, inputs)
+    _assert_outputs(model, default, expected)
+    _assert_outputs(model, fold_fuse, default)
