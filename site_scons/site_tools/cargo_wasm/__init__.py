@@ -166,6 +166,9 @@ def _cargo_wasm(env, target, crate_dir, model=None, **overrides):
     overrides.setdefault("CARGO_BIN", os.path.basename(crate.abspath))
     overrides["CARGO_MANIFEST"] = manifest.srcnode().abspath
     nodes = env._CargoWasm(target, [manifest] + model, **overrides)
+    # tvm_model removes these when the model stops compiling.
+    for model_node in model:
+        model_node.attributes.dependents = getattr(model_node.attributes, "dependents", []) + list(nodes)
     env.Clean(nodes, env.Dir("$CARGO_TARGET_DIR"))
     return nodes
 

@@ -25,6 +25,7 @@ TVM and onnx are imported only by the compile command, a separate process.
 
 import json
 import os
+import shutil
 import sys
 
 import SCons.Action
@@ -89,10 +90,37 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     out_dir = env.Dir(target_dir)
     compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, **overrides)
     nodes = list(compiled)
-    nodes += env.InstallAs(out_dir.File(f"{name}.meta.json"), meta_node)
+    nodes += env.Command(out_dir.File(f"{name}.meta.json"), meta_node, _COPY)
     if meta.get("labels"):
-        nodes += env.InstallAs(out_dir.File(f"{name}.labels.txt"), meta_node.File(meta["labels"]))
+        nodes += env.Command(out_dir.File(f"{name}.labels.txt"), meta_node.File(meta["labels"]), _COPY)
     return nodes
+
+
+def _copy_file(target, source, env):
+    tmp = target[0].abspath + ".tmp"
+    shutil.copyfile(source[0].abspath, tmp)
+    os.replace(tmp, target[0].abspath)
+    return 0
+
+
+# Quiet: copying metadata is not worth a log line.
+_COPY = SCons.Action.Action(_copy_file, None)
+
+
+class _CompileAction(SCons.Action.CommandAction):
+    """$TVMCOM, and when it fails, also removes the programs built from an
+    earlier compile of this model (nodes that other builders list in the
+    archive's `attributes.dependents`, as cargo_wasm does): no artifact of a
+    model that does not compile may remain."""
+
+    def execute(self, target, source, env, *args, **kw):
+        status = super().execute(target, source, env, *args, **kw)
+        if status:
+            for node in target:
+                for dependent in getattr(node.attributes, "dependents", []):
+                    if os.path.exists(dependent.abspath):
+                        os.remove(dependent.abspath)
+        return status
 
 
 def generate(env):
@@ -114,7 +142,7 @@ def generate(env):
             env["LLVM_AR"] = "llvm-ar"
             env["TVM_TOOLCHAIN_ERROR"] = str(e)
     env["BUILDERS"]["_TVMCompile"] = SCons.Builder.Builder(
-        action=SCons.Action.Action("$TVMCOM", "$TVMCOMSTR"),
+        action=_CompileAction("$TVMCOM", cmdstr="$TVMCOMSTR"),
         emitter=_emitter,
         target_factory=env.Dir,
         source_factory=env.File,

@@ -1,0 +1,43 @@
+"""The build itself: a no-op build runs nothing and never imports TVM or
+onnx; `scons -h` documents the targets and variables."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def scons(*args):
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "SCons", *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def built():
+    out = scons("-Q", "wasi", "run-model")
+    assert out.returncode == 0, out.stderr
+
+
+def imported_modules(importtime_log):
+    return {line.split("|")[-1].strip().split(".")[0]
+            for line in importtime_log.splitlines() if line.startswith("import time:")}
+
+
+def test_no_op_build_runs_nothing_and_imports_no_tvm(built):
+    out = scons("-Q", "wasi", "run-model")
+    assert out.returncode == 0, out.stderr
+    assert "is up to date" in out.stdout
+    assert "Compiling" not in out.stdout and "Building" not in out.stdout
+    modules = imported_modules(out.stderr)
+    assert "SCons" in modules  # the log really lists imports
+    assert not {"tvm", "tvm_ffi", "onnx", "onnxruntime", "numpy"} & modules
+
+
+def test_help_lists_targets_and_variables():
+    out = scons("-h")
+    assert out.returncode == 0, out.stderr
+    for word in ("wasi", "run-wasi", "TVM_TARGET_FEATURES", "TVM_PIPELINE", "IMAGE"):
+        assert word in out.stdout
