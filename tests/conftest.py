@@ -27,8 +27,10 @@ def python():
 
 
 @pytest.fixture(scope="session")
-def cargo_target_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("cargo-target")
+def cargo_target_dir():
+    """The root project's own cargo target dir: the crates' flags do not
+    depend on the project, so test projects reuse its compiled dependencies."""
+    return REPO / "build" / "cargo"
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,7 @@ _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 
 TVMCOM = (
-    "$PYTHON $TVM_COMPILER --name $TVM_MODEL_NAME --meta ${SOURCES[0]} --onnx ${SOURCES[1]} "
+    "$PYTHON $TVM_COMPILER --name $TVM_MODEL_NAME --meta ${SOURCES[0]} --onnx $TVM_ONNX "
     "--archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
     "--llvm-ar $LLVM_AR --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
     "$_TVM_SHAPE_FLAGS"
@@ -65,16 +65,17 @@ def read_model_json(node):
 def _emitter(target, source, env):
     """target: the output directory; source: model.json. Lists the real
     outputs and adds the ONNX file and the compiler itself as sources, so a
-    change to either recompiles."""
+    change to either recompiles. A missing ONNX file is left to the compile
+    step, which names the model in its error and removes stale artifacts."""
     meta_node = source[0]
-    meta = read_model_json(meta_node)
-    name = meta["name"]
+    name = read_model_json(meta_node)["name"]
     out = target[0]
     targets = [out.File(f"lib{name}.a"), out.File(f"{name}.plan.json"), out.File(f"{name}.weights")]
-    onnx = meta_node.File(meta["onnx"])
+    onnx = env.File("$TVM_ONNX")
+    sources = [meta_node] + ([onnx] if onnx.rexists() or onnx.has_builder() else [])
     compiler_files = sorted(
         os.path.join(_WASMML_DIR, f) for f in os.listdir(_WASMML_DIR) if f.endswith(".py"))
-    return targets, [meta_node, onnx] + [env.File(f) for f in compiler_files]
+    return targets, sources + [env.File(f) for f in compiler_files]
 
 
 def _shape_flags(shapes):
@@ -88,7 +89,8 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     meta = read_model_json(meta_node)
     name = meta["name"]
     out_dir = env.Dir(target_dir)
-    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, **overrides)
+    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name,
+                               TVM_ONNX=meta_node.File(meta["onnx"]), **overrides)
     nodes = list(compiled)
     nodes += env.Command(out_dir.File(f"{name}.meta.json"), meta_node, _COPY)
     if meta.get("labels"):

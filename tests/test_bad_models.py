@@ -1,0 +1,170 @@
+"""A model that cannot be compiled stops the build with one line naming the
+model and the cause (`error: model 'NAME': CAUSE`, beside scons's own
+`scons: *** [...] Error 1`), no traceback, a non-zero status, and nothing of
+that model left in build/: no archive, plan, weights or .wasm. Errors are
+per model: with -k the other models are still built.
+"""
+import json
+import re
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+F32 = TensorProto.FLOAT
+ARTIFACT = re.compile(r".*(\.a|\.plan\.json|\.weights|\.wasm|\.tmp)$")
+
+
+def _model(inputs, outputs, nodes, weights=None):
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(n, F32, s) for n, s in inputs],
+        [helper.make_tensor_value_info(n, F32, s) for n, s in outputs],
+        [numpy_helper.from_array(a, n) for n, a in (weights or {}).items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model
+
+
+def good_model():
+    r = np.random.default_rng(7)
+    return _model([("x", [1, 2, 6, 6])], [("y", [1, 4, 6, 6])], [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ], {"w": r.standard_normal((4, 2, 3, 3), dtype=np.float32),
+        "b": r.standard_normal(4, dtype=np.float32)})
+
+
+def write_model(root, name, onnx_bytes, inputs=True):
+    """root/name/model.json naming name.onnx, which holds onnx_bytes (None: no file)."""
+    d = root / name
+    d.mkdir(parents=True)
+    meta = {"name": name, "onnx": f"{name}.onnx", "outputs": ["y"]}
+    if inputs:
+        meta["inputs"] = {"x": {"shape": [1, 2, 6, 6], "dtype": "float32"}}
+    (d / "model.json").write_text(json.dumps(meta))
+    if onnx_bytes is not None:
+        (d / f"{name}.onnx").write_bytes(onnx_bytes)
+    return d / "model.json"
+
+
+def leftovers(top, name):
+    """Artifacts of model `name` anywhere in build/."""
+    build = top / "build"
+    return sorted(str(p.relative_to(build)) for p in build.rglob("*")
+                  if p.is_file() and ARTIFACT.fullmatch(p.name)
+                  and (name in p.name or name in p.parent.name)) if build.exists() else []
+
+
+def assert_one_error_line(proc, name, cause):
+    """Exactly one line of ours for `name`, matching cause; the rest of stderr
+    is scons's own `scons: *** ` lines; no traceback."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.startswith(f"error: model '{name}': ")]
+    assert len(ours) == 1, proc.stderr
+    assert re.search(cause, ours[0]), ours[0]
+    assert all(ln.startswith("scons: *** [") for ln in lines if not ln.startswith("error: model '")), \
+        proc.stderr
+
+
+# --- one bad model per build ---------------------------------------------------
+
+def truncated(repo):
+    data = good_model().SerializeToString()
+    return data[:len(data) // 2]
+
+
+def unsupported_op(repo):
+    # Det is a standard ONNX op (opset 11) that TVM 0.27's relax frontend lacks.
+    return _model([("x", [1, 2, 6, 6])], [("y", [1, 2])],
+                  [helper.make_node("Det", ["x"], ["y"])]).SerializeToString()
+
+
+def symbolic_dim(repo):
+    return _model([("x", ["N", 2, 6, 6])], [("y", ["N", 2, 6, 6])],
+                  [helper.make_node("Relu", ["x"], ["y"])]).SerializeToString()
+
+
+CASES = [
+    # (id, onnx bytes from repo or None, shape in model.json?, cause), marks
+    pytest.param(lambda repo: None, True, r"bad_missing\.onnx: file not found", id="missing"),
+    pytest.param(truncated, True, r"bad_truncated\.onnx: not (a readable ONNX file|an ONNX model)",
+                 id="truncated"),
+    pytest.param(lambda repo: (repo / "models" / "images" / "chelsea.png").read_bytes(), True,
+                 r"bad_png\.onnx: not (a readable ONNX file|an ONNX model)", id="png"),
+    pytest.param(lambda repo: b"name: model\nthis is not an ONNX file\n", True,
+                 r"bad_text\.onnx: not (a readable ONNX file|an ONNX model)", id="text"),
+    pytest.param(unsupported_op, True, r"not supported.*\bDet\b", id="unsupported_op"),
+    pytest.param(symbolic_dim, False, r"input 'x' has unknown dimension 'N' and no shape is given",
+                 id="symbolic_dim"),
+]
+
+
+@pytest.mark.parametrize("make,shape_given,cause", CASES)
+def test_bad_model(make, shape_given, cause, request, repo, scons, tmp_path):
+    name = "bad_" + request.node.callspec.id
+    model_json = write_model(tmp_path / "models", name, make(repo), inputs=shape_given)
+    top = tmp_path / "top"
+    top.mkdir()
+    proc = scons(f"MODELS={model_json}", cwd=top, check=False)
+    assert_one_error_line(proc, name, cause)
+    assert f"[build/{name}/lib{name}.a]" in proc.stderr  # scons's line: the failed target
+    assert leftovers(top, name) == []
+
+
+# --- errors are per model; a model that turns bad leaves nothing stale ---------
+
+@pytest.fixture(scope="module")
+def keep_going(repo, scons, tmp_path_factory):
+    """One project with a bad model and two good ones: built with -k; then one
+    good model's ONNX is overwritten with garbage, the other's is deleted,
+    and it is rebuilt with -k."""
+    root = tmp_path_factory.mktemp("keep-going")
+    top = root / "top"
+    top.mkdir()
+    good = good_model().SerializeToString()
+    paths = {"bad_op": write_model(root / "models", "bad_op", unsupported_op(repo)),
+             "good_a": write_model(root / "models", "good_a", good),
+             "good_b": write_model(root / "models", "good_b", good)}
+    first = scons("-k", "-j2", "MODELS=" + ",".join(map(str, paths.values())), cwd=top, check=False)
+    # keep what the first build made, before it is broken
+    built = {n: sorted(p.name for p in (top / "build" / n).iterdir()) for n in ("good_a", "good_b")}
+    saved_wasm = root / "good_a.wasm"
+    if (top / "build" / "good_a" / "run-model.wasm").exists():
+        shutil.copy(top / "build" / "good_a" / "run-model.wasm", saved_wasm)
+
+    (paths["good_a"].parent / "good_a.onnx").write_bytes(b"\x08\x07garbage, not a model")
+    (paths["good_b"].parent / "good_b.onnx").unlink()
+    second = scons("-k", "-j2", "MODELS=" + ",".join(map(str, paths.values())), cwd=top, check=False)
+    return {"top": top, "first": first, "built": built, "saved_wasm": saved_wasm, "second": second}
+
+
+def test_other_models_are_built_with_keep_going(keep_going, run_wasm, tmp_path):
+    first = keep_going["first"]
+    assert_one_error_line(first, "bad_op", r"not supported.*\bDet\b")
+    for name in ("good_a", "good_b"):
+        assert keep_going["built"][name] == sorted(
+            [f"lib{name}.a", f"{name}.meta.json", f"{name}.plan.json", f"{name}.weights",
+             "run-model.wasm"]), first.stderr
+    # and the module is right, not merely present
+    x = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
+    (tmp_path / "input_0.bin").write_bytes(x.tobytes())
+    run_wasm(keep_going["saved_wasm"], tmp_path)
+    got = np.fromfile(tmp_path / "output_0.bin", dtype="<f4")
+    sess = ort.InferenceSession(good_model().SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got.reshape(1, 4, 6, 6), sess.run(None, {"x": x})[0], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name,cause", [
+    pytest.param("good_a", r"good_a\.onnx: not (a readable ONNX file|an ONNX model)", id="garbage"),
+    pytest.param("good_b", r"good_b\.onnx: file not found", id="deleted"),
+])
+def test_broken_model_leaves_nothing(keep_going, name, cause):
+    assert "run-model.wasm" in keep_going["built"][name]  # it was built before
+    assert_one_error_line(keep_going["second"], name, cause)
+    assert leftovers(keep_going["top"], name) == []
