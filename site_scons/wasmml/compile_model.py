@@ -349,7 +349,18 @@ def remove_outputs(args):
                 os.remove(p)
 
 
+def check_python():
+    """The interpreter must be the one that has TVM (the project's .venv)."""
+    for module in ("tvm", "onnx"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            raise ModelError(f"{sys.executable} cannot import {module} ({e}); "
+                             "run tools/setup.sh and build with .venv/bin/scons")
+
+
 def compile_model(args):
+    check_python()
     with open(args.meta) as f:
         meta = json.load(f)
     model = load_onnx(args.onnx)
@@ -359,8 +370,6 @@ def compile_model(args):
     target = wasm_target(args.target_features)
     try:
         lowered = lower(mod, target, args.pipeline)
-    except ModelError:
-        raise
     except Exception as e:
         raise ModelError(f"TVM cannot lower the graph: {_first_line(e)}")
     builder = PlanBuilder()

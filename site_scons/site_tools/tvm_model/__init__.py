@@ -68,7 +68,7 @@ def _emitter(target, source, env):
     change to either recompiles. A missing ONNX file is left to the compile
     step, which names the model in its error and removes stale artifacts."""
     meta_node = source[0]
-    name = read_model_json(meta_node)["name"]
+    name = env["TVM_MODEL_NAME"]
     out = target[0]
     targets = [out.File(f"lib{name}.a"), out.File(f"{name}.plan.json"), out.File(f"{name}.weights")]
     onnx = env.File("$TVM_ONNX")
@@ -116,6 +116,8 @@ class _CompileAction(SCons.Action.CommandAction):
     model that does not compile may remain."""
 
     def execute(self, target, source, env, *args, **kw):
+        if env.get("TVM_TOOLCHAIN_ERROR"):
+            raise SCons.Errors.UserError(env["TVM_TOOLCHAIN_ERROR"])
         status = super().execute(target, source, env, *args, **kw)
         if status:
             for node in target:
