@@ -118,6 +118,8 @@ pub unsafe extern "C" fn TVMFFIErrorSetRaisedFromCStrParts(
             }
         }
     }
+    // TVM's messages span lines; errors are reported on one.
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     LAST_ERROR.with(|e| *e.borrow_mut() = Some(message));
 }
 
@@ -213,6 +215,9 @@ mod test {
         let kind = b"ValueError\0";
         let parts = [b"bad \0".as_ptr() as *const c_char, std::ptr::null(), b"shape\0".as_ptr() as *const c_char];
         unsafe { TVMFFIErrorSetRaisedFromCStrParts(kind.as_ptr() as *const c_char, parts.as_ptr(), 3) };
+        assert_eq!(take_last_error().as_deref(), Some("ValueError: bad shape"));
+        let multi_line = [b"bad\n  shape\0".as_ptr() as *const c_char];
+        unsafe { TVMFFIErrorSetRaisedFromCStrParts(kind.as_ptr() as *const c_char, multi_line.as_ptr(), 1) };
         assert_eq!(take_last_error().as_deref(), Some("ValueError: bad shape"));
     }
 }

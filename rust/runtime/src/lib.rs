@@ -397,7 +397,7 @@ mod test {
     fn kernel_errors_become_errors() {
         let model = Model::new(&plan(r#"{"tensor":0}"#), &NO_WEIGHTS.0, KERNELS).unwrap();
         let err = model.session().run().unwrap_err();
-        assert_eq!(err.to_string(), "kernel 'relu' failed: TypeError: ");
+        assert_eq!(err.to_string(), "kernel 'relu' failed: TypeError:");
     }
 
     #[test]
