@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 PLAN_FORMAT = 1
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
@@ -39,7 +40,25 @@ def parse_args(argv):
     p.add_argument("--pipeline", default="fold-fuse", choices=sorted(PIPELINES))
     p.add_argument("--input-shape", action="append", default=[],
                    metavar="NAME=D0,D1,...", help="override an input's shape")
+    p.add_argument("--quiet", action="store_true", help="no timing line")
     return p.parse_args(argv)
+
+
+class Stages:
+    """Times the compile's stages for its one progress line."""
+
+    def __init__(self):
+        self.start = self.last = time.monotonic()
+        self.times = []
+
+    def done(self, stage):
+        now = time.monotonic()
+        self.times.append((stage, now - self.last))
+        self.last = now
+
+    def summary(self, name):
+        parts = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.times)
+        return f"  {name}: {parts} ({time.monotonic() - self.start:.1f}s)"
 
 
 # --- loading --------------------------------------------------------------
@@ -359,7 +378,7 @@ def check_python():
                              "run tools/setup.sh and build with .venv/bin/scons")
 
 
-def compile_model(args):
+def compile_model(args, stages):
     check_python()
     with open(args.meta) as f:
         meta = json.load(f)
@@ -367,6 +386,7 @@ def compile_model(args):
     shapes = input_shapes(model, meta, args.input_shape)
     output_names = [o.name for o in model.graph.output]
     mod = to_relax(model, shapes)
+    stages.done("imported")
     target = wasm_target(args.target_features)
     try:
         lowered = lower(mod, target, args.pipeline)
@@ -374,9 +394,11 @@ def compile_model(args):
         raise ModelError(f"TVM cannot lower the graph: {_first_line(e)}")
     builder = PlanBuilder()
     plan = builder.build(lowered["main"], list(shapes), output_names)
+    stages.done("lowered")
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, "kernels.o")
         build_object(lowered, target, obj)
+        stages.done("kernels built")
         write_outputs(args, plan, builder.weights, obj)
 
 
@@ -405,9 +427,10 @@ def main(argv=None):
     args = parse_args(argv)
     remove_outputs(args)
     log = CapturedStderr()
+    stages = Stages()
     try:
         with log:
-            compile_model(args)
+            compile_model(args, stages)
     except ModelError as e:
         remove_outputs(args)
         print(f"error: model '{args.name}': {e}", file=sys.stderr)
@@ -416,6 +439,8 @@ def main(argv=None):
         remove_outputs(args)
         sys.stderr.write(getattr(log, "text", ""))
         raise
+    if not args.quiet:
+        print(stages.summary(args.name), flush=True)
     return 0
 
 

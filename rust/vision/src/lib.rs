@@ -3,7 +3,7 @@
 //! comes from the model's metadata (`model.json`), nothing is hard-coded.
 
 use image::imageops::FilterType;
-use image::RgbImage;
+use image::{ImageBuffer, Pixel};
 use model_runtime::{Model, Session};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -30,10 +30,17 @@ pub struct Preprocess {
     /// The centred crop covers this fraction of the image, before resizing.
     pub crop_fraction: f32,
     pub interpolation: Interpolation,
-    /// Per channel (RGB), on pixel values in 0..=255: (x - mean) / std.
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
+    /// Per channel, on pixel values in 0..=255: (x - mean) / std.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
     pub layout: Layout,
+    /// 3 for RGB (the default), 1 for grayscale.
+    #[serde(default = "rgb")]
+    pub channels: usize,
+}
+
+fn rgb() -> usize {
+    3
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -144,14 +151,21 @@ fn filter(i: Interpolation) -> FilterType {
 
 /// Decodes PNG or JPEG bytes into the float tensor the model expects.
 pub fn preprocess(bytes: &[u8], p: &Preprocess) -> Result<Vec<f32>, Error> {
+    if p.mean.len() != p.channels || p.std.len() != p.channels {
+        return Err(Error::Metadata(format!("mean and std need {} values each", p.channels)));
+    }
     let decoded = image::load_from_memory(bytes).map_err(|e| Error::Decode(e.to_string()))?;
-    let rgb = decoded.to_rgb8();
-    let resized = crop_and_resize(&rgb, p)?;
-    Ok(normalize(&resized, p))
+    match p.channels {
+        1 => Ok(normalize(&crop_and_resize(&decoded.to_luma8(), p)?, p)),
+        3 => Ok(normalize(&crop_and_resize(&decoded.to_rgb8(), p)?, p)),
+        n => Err(Error::Metadata(format!("{} channels (1 or 3 are supported)", n))),
+    }
 }
 
-fn crop_and_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage, Error> {
-    let (w, h) = rgb.dimensions();
+type Image<P> = ImageBuffer<P, Vec<u8>>;
+
+fn crop_and_resize<P: Pixel<Subpixel = u8> + 'static>(img: &Image<P>, p: &Preprocess) -> Result<Image<P>, Error> {
+    let (w, h) = img.dimensions();
     let [tw, th] = p.size;
     if w == 0 || h == 0 || tw == 0 || th == 0 {
         return Err(Error::Decode("empty image".into()));
@@ -160,22 +174,21 @@ fn crop_and_resize(rgb: &RgbImage, p: &Preprocess) -> Result<RgbImage, Error> {
     let scale = (w as f32 / tw as f32).min(h as f32 / th as f32) * p.crop_fraction;
     let cw = ((tw as f32 * scale).round() as u32).clamp(1, w);
     let ch = ((th as f32 * scale).round() as u32).clamp(1, h);
-    let crop = image::imageops::crop_imm(rgb, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
+    let crop = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
     Ok(image::imageops::resize(&crop, tw, th, filter(p.interpolation)))
 }
 
-fn normalize(img: &RgbImage, p: &Preprocess) -> Vec<f32> {
-    let (w, h) = img.dimensions();
-    let plane = (w * h) as usize;
-    let mut out = vec![0f32; plane * 3];
+fn normalize<P: Pixel<Subpixel = u8>>(img: &Image<P>, p: &Preprocess) -> Vec<f32> {
+    let channels = p.channels;
+    let plane = img.pixels().len();
+    let mut out = vec![0f32; plane * channels];
     for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            let v = (px[c] as f32 - p.mean[c]) / p.std[c];
+        for (c, &v) in px.channels().iter().enumerate().take(channels) {
             let index = match p.layout {
                 Layout::NCHW => c * plane + i,
-                Layout::NHWC => i * 3 + c,
+                Layout::NHWC => i * channels + c,
             };
-            out[index] = v;
+            out[index] = (v as f32 - p.mean[c]) / p.std[c];
         }
     }
     out
@@ -215,20 +228,34 @@ mod test {
             size: [2, 2],
             crop_fraction: 1.0,
             interpolation: Interpolation::Nearest,
-            mean: [0.0, 0.0, 0.0],
-            std: [1.0, 1.0, 2.0],
+            mean: vec![0.0, 0.0, 0.0],
+            std: vec![1.0, 1.0, 2.0],
             layout,
+            channels: 3,
         }
     }
 
     #[test]
     fn normalizes_into_the_layout() {
-        let img = RgbImage::from_fn(2, 2, |x, y| image::Rgb([(x + 2 * y) as u8, 10, 20]));
+        let img = image::RgbImage::from_fn(2, 2, |x, y| image::Rgb([(x + 2 * y) as u8, 10, 20]));
         let nchw = normalize(&img, &preprocess_spec(Layout::NCHW));
         assert_eq!(&nchw[..4], &[0.0, 1.0, 2.0, 3.0]);
         assert_eq!(nchw[8], 10.0);
         let nhwc = normalize(&img, &preprocess_spec(Layout::NHWC));
         assert_eq!(&nhwc[..3], &[0.0, 10.0, 10.0]);
+    }
+
+    #[test]
+    fn grayscale_has_one_plane() {
+        let img = image::GrayImage::from_fn(2, 2, |x, y| image::Luma([(x + 2 * y) as u8 * 16]));
+        let spec = Preprocess { mean: vec![0.0], std: vec![16.0], channels: 1, ..preprocess_spec(Layout::NCHW) };
+        assert_eq!(normalize(&img, &spec), vec![0.0, 1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn mean_and_std_must_fit_the_channels() {
+        let spec = Preprocess { channels: 1, ..preprocess_spec(Layout::NCHW) };
+        assert!(matches!(preprocess(b"", &spec), Err(Error::Metadata(_))));
     }
 
     #[test]
@@ -238,7 +265,7 @@ mod test {
 
     #[test]
     fn crops_the_centre_of_the_shorter_side() {
-        let img = RgbImage::from_fn(8, 4, |x, _| image::Rgb([x as u8, 0, 0]));
+        let img = image::RgbImage::from_fn(8, 4, |x, _| image::Rgb([x as u8, 0, 0]));
         let out = crop_and_resize(&img, &preprocess_spec(Layout::NCHW)).unwrap();
         assert_eq!(out.dimensions(), (2, 2));
         // The 4x4 centre spans x = 2..6.

@@ -22,6 +22,7 @@ Construction variables:
 
 import os
 import shutil
+import time
 import tomllib
 
 import SCons.Action
@@ -33,12 +34,15 @@ from wasmml import toolchain
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
+# Absolute paths stay out of the signature (between $( and $)), so that
+# checkouts in other directories share a CacheDir; the files behind them are
+# sources of the build.
 CARGOCOM = (
-    "env RUSTC=$RUSTC WASM_MODEL_DIR=$WASM_MODEL_DIR WASM_MODEL_NAME=$WASM_MODEL_NAME "
-    "RUSTFLAGS=$_CARGO_RUSTFLAGS "
-    "$CARGO build --release --locked --quiet --manifest-path $CARGO_MANIFEST "
-    "--target $CARGO_TRIPLE --target-dir ${__env__.Dir(CARGO_TARGET_DIR).abspath} --bin $CARGO_BIN "
-    "$_CARGO_SOURCE_FLAGS $CARGOFLAGS"
+    "env RUSTC=$RUSTC $( WASM_MODEL_DIR=$WASM_MODEL_DIR $) WASM_MODEL_NAME=$WASM_MODEL_NAME "
+    "$( RUSTFLAGS=$_CARGO_RUSTFLAGS $) "
+    "$CARGO build --release --locked --quiet $( --manifest-path $CARGO_MANIFEST "
+    "--target-dir ${__env__.Dir(CARGO_TARGET_DIR).abspath} $) --target $CARGO_TRIPLE "
+    "--bin $CARGO_BIN $( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
 )
 
 
@@ -137,6 +141,16 @@ CrateScanner = SCons.Scanner.Scanner(function=_scan_crate, name="CargoCrate", sk
 
 # --- builder -------------------------------------------------------------------
 
+_started = {}  # target path -> when its cargo step began
+
+
+def _start(target, source, env):
+    if env.get("CARGO_TOOLCHAIN_ERROR"):
+        raise SCons.Errors.UserError(env["CARGO_TOOLCHAIN_ERROR"])
+    _started[target[0].abspath] = time.monotonic()
+    return 0
+
+
 def _copy_artifact(target, source, env):
     """Cargo leaves its binary in the shared target dir; copy it out
     atomically so no half-written module is ever taken as up to date."""
@@ -146,6 +160,10 @@ def _copy_artifact(target, source, env):
     tmp = final + ".tmp"
     shutil.copyfile(built, tmp)
     os.replace(tmp, final)
+    if not env.GetOption("silent"):
+        seconds = time.monotonic() - _started.pop(final, time.monotonic())
+        size = os.path.getsize(final) / 1e6
+        print(f"  {target[0].name}: {size:.1f} MB, cargo {seconds:.1f}s", flush=True)
     return 0
 
 
@@ -186,12 +204,6 @@ def _rustflags(env):
     return f"--remap-path-prefix={root}=rust"
 
 
-def _check_toolchain(target, source, env):
-    if env.get("CARGO_TOOLCHAIN_ERROR"):
-        raise SCons.Errors.UserError(env["CARGO_TOOLCHAIN_ERROR"])
-    return 0
-
-
 def generate(env):
     try:
         rust = toolchain.find_rust()
@@ -213,11 +225,11 @@ def generate(env):
         _cargo_rustflags=_rustflags,
         _CARGO_SOURCE_FLAGS=toolchain.cargo_source_flags(),
         CARGOCOM=CARGOCOM,
-        CARGOCOMSTR="Building ${CARGO_BIN}.wasm ($CARGO_TRIPLE) with cargo",
+        CARGOCOMSTR="Building ${TARGET.file} (crate $CARGO_BIN, $CARGO_TRIPLE) with cargo",
     )
     env["BUILDERS"]["_CargoWasm"] = SCons.Builder.Builder(
         action=[
-            SCons.Action.Action(_check_toolchain, None),
+            SCons.Action.Action(_start, None),
             SCons.Action.Action("$CARGOCOM", "$CARGOCOMSTR"),
             SCons.Action.Action(_copy_artifact, None,
                                 varlist=["CARGO_TARGET_DIR", "CARGO_TRIPLE", "CARGO_BIN"]),

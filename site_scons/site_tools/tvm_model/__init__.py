@@ -12,7 +12,8 @@ Builder `TVMModel(target_dir, model_json)` reads the model's metadata
 It returns those nodes in that order. The copies are separate steps, so a
 label edit never recompiles the model.
 
-Construction variables (all part of the compile's signature):
+Construction variables (all part of the compile's signature; the first
+three can be set for one model from the command line: NAME.OPTION=VALUE):
     TVM_TARGET_FEATURES  LLVM features for wasm32 (default "+simd128")
     TVM_PIPELINE         "fold-fuse" (default) or "default" (TVM's own)
     TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json
@@ -38,10 +39,13 @@ from wasmml import toolchain
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 
+# What lies between $( and $) stays out of the build signature: where the
+# interpreter, llvm-ar or the checkout are does not change the artifacts, so
+# two checkouts share a CacheDir. The compiler's code is a source instead.
 TVMCOM = (
-    "$PYTHON $TVM_COMPILER --name $TVM_MODEL_NAME --meta ${SOURCES[0]} --onnx $TVM_ONNX "
-    "--archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
-    "--llvm-ar $LLVM_AR --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
+    "$( $PYTHON $TVM_COMPILER $_TVM_QUIET $) --name $TVM_MODEL_NAME --meta ${SOURCES[0]} "
+    "--onnx $TVM_ONNX --archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
+    "--llvm-ar $( $LLVM_AR $) --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
     "$_TVM_SHAPE_FLAGS"
 )
 
@@ -82,15 +86,34 @@ def _shape_flags(shapes):
     return " ".join(f"--input-shape {s}" for s in SCons.Util.flatten(shapes or []))
 
 
+MODEL_OPTIONS = ("TVM_TARGET_FEATURES", "TVM_PIPELINE", "TVM_INPUT_SHAPES")
+
+
+def command_line_options(name):
+    """`scons NAME.OPTION=VALUE` sets one model's compile option (shapes are
+    separated by ';'), so a monorepo can change one model from the command
+    line without touching the others."""
+    from SCons.Script import ARGUMENTS
+
+    options = {}
+    for option in MODEL_OPTIONS:
+        value = ARGUMENTS.get(f"{name}.{option}")
+        if value is not None:
+            options[option] = value.split(";") if option == "TVM_INPUT_SHAPES" else value
+    return options
+
+
 def _model_artifacts(env, target_dir, model_json, **overrides):
     """Pseudo-builder: compiles one model and copies its metadata and labels
-    beside the artifacts. Returns [archive, plan, weights, meta, labels?]."""
+    beside the artifacts. Returns [archive, plan, weights, meta, labels?].
+    Options: the environment's, then `overrides`, then the command line's."""
     meta_node = env.File(model_json)
     meta = read_model_json(meta_node)
     name = meta["name"]
+    overrides.update(command_line_options(name))
     out_dir = env.Dir(target_dir)
-    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name,
-                               TVM_ONNX=meta_node.File(meta["onnx"]), **overrides)
+    onnx = _readable(meta_node.File(meta["onnx"]))
+    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, TVM_ONNX=onnx, **overrides)
     nodes = list(compiled)
     nodes += env.Command(out_dir.File(f"{name}.meta.json"), meta_node, _COPY)
     if meta.get("labels"):
@@ -98,9 +121,17 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     return nodes
 
 
+def _readable(node):
+    """Where a file's bytes are: a built file, or a source file's own path
+    when the SConscript uses a variant dir without duplicating sources."""
+    if node.has_builder() or os.path.exists(node.abspath):
+        return node
+    return node.srcnode()
+
+
 def _copy_file(target, source, env):
     tmp = target[0].abspath + ".tmp"
-    shutil.copyfile(source[0].abspath, tmp)
+    shutil.copyfile(_readable(source[0]).abspath, tmp)
     os.replace(tmp, target[0].abspath)
     return 0
 
@@ -136,6 +167,8 @@ def generate(env):
         TVM_INPUT_SHAPES=[],
         _TVM_SHAPE_FLAGS="${_tvm_shape_flags(TVM_INPUT_SHAPES)}",
         _tvm_shape_flags=_shape_flags,
+        # scons -s (--silent) also silences the compile's timing line.
+        _TVM_QUIET="${'--quiet' if __env__.GetOption('silent') else ''}",
         TVMCOM=TVMCOM,
         TVMCOMSTR="Compiling model $TVM_MODEL_NAME with TVM (wasm32 $TVM_TARGET_FEATURES, $TVM_PIPELINE)",
     )
