@@ -6,6 +6,7 @@ Nothing here imports SCons, so tests and scripts can use it too.
 """
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -75,6 +76,33 @@ def _beside(rustc, tool):
     return path if os.path.isfile(path) else None
 
 
+def _probe_cached(rustc, cache_file):
+    """_probe, remembered in cache_file for as long as the rustc binary is the
+    same file: running rustc twice would double the time of a no-op build."""
+    st = os.stat(rustc)
+    # A rustup shim picks its toolchain from RUSTUP_TOOLCHAIN too.
+    key = (f"{os.path.realpath(rustc)}:{st.st_size}:{st.st_mtime_ns}:"
+           f"{os.environ.get('RUSTUP_TOOLCHAIN', '')}")
+    try:
+        with open(cache_file) as f:
+            entry = json.load(f).get(key)
+        if entry and all(os.path.exists(entry[k]) for k in ("rustc", "cargo")):
+            return RustToolchain(**entry)
+    except (OSError, ValueError, TypeError):
+        pass
+    found = _probe(rustc)
+    if found:
+        try:
+            os.makedirs(os.path.dirname(cache_file), exist_ok=True)
+            tmp = f"{cache_file}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({key: vars(found)}, f)
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a read-only build dir only costs the probe next time
+    return found
+
+
 def _probe(rustc):
     sysroot = _run([rustc, "--print", "sysroot"])
     version = _run([rustc, "--version"])
@@ -89,11 +117,12 @@ def _probe(rustc):
 
 
 @functools.lru_cache(maxsize=None)
-def find_rust():
-    """The first rustc (RUSTC, Debian's, PATH, rustup's) with a WASI std."""
+def find_rust(cache_file=None):
+    """The first rustc (RUSTC, Debian's, PATH, rustup's) with a WASI std.
+    With cache_file, what a rustc was found to have is remembered there."""
     tried = []
     for rustc in _rustc_candidates():
-        found = _probe(rustc)
+        found = _probe_cached(rustc, cache_file) if cache_file else _probe(rustc)
         if found:
             return found
         tried.append(rustc)

@@ -206,7 +206,8 @@ def _rustflags(env):
 
 def generate(env):
     try:
-        rust = toolchain.find_rust()
+        # Kept beside SCons's own state (.sconsign.dblite), not in build/.
+        rust = toolchain.find_rust(env.File("#.sconsign.rust-toolchain.json").abspath)
         env.SetDefault(RUSTC=rust.rustc, CARGO=rust.cargo, RUSTDOC=rust.rustdoc or "rustdoc",
                        WASI_TRIPLE=rust.wasi_target)
     except toolchain.ToolchainError as e:

@@ -77,9 +77,7 @@ def _emitter(target, source, env):
     targets = [out.File(f"lib{name}.a"), out.File(f"{name}.plan.json"), out.File(f"{name}.weights")]
     onnx = env.File("$TVM_ONNX")
     sources = [meta_node] + ([onnx] if onnx.rexists() or onnx.has_builder() else [])
-    compiler_files = sorted(
-        os.path.join(_WASMML_DIR, f) for f in os.listdir(_WASMML_DIR) if f.endswith(".py"))
-    return targets, sources + [env.File(f) for f in compiler_files]
+    return targets, sources + [env.File(COMPILER)]
 
 
 def _shape_flags(shapes):
