@@ -39,5 +39,6 @@ def test_no_op_build_runs_nothing_and_imports_no_tvm(built):
 def test_help_lists_targets_and_variables():
     out = scons("-h")
     assert out.returncode == 0, out.stderr
-    for word in ("wasi", "run-wasi", "TVM_TARGET_FEATURES", "TVM_PIPELINE", "IMAGE"):
+    for word in ("wasi", "run-wasi", "digits", "models", "TVM_TARGET_FEATURES", "TVM_PIPELINE",
+                 "IMAGE", "CACHE_DIR", "NAME.OPTION"):
         assert word in out.stdout

@@ -60,3 +60,15 @@ def test_one_models_input_shape_recompiles_only_that_model(project):
     plan = json.loads((project["top"] / "build/beta/beta.plan.json").read_text())
     assert plan["tensors"][plan["inputs"][0]["tensor"]]["shape"] == [2, 4, 8]
     assert project["build"]()[0] == ["beta"]
+
+
+def test_silent_builds_print_nothing_and_normal_ones_say_what_runs(project):
+    compiled, out = project["build"]("-s", "SHAPES_alpha=x=2,4,8")
+    assert out.stdout == "" and compiled == []
+    compiled, out = project["build"]()
+    lines = out.stdout.splitlines()
+    # Each step: what it is, then one line with the model and the time taken.
+    assert compiled == ["alpha"]
+    assert any(re.fullmatch(r"  alpha: imported [\d.]+s, lowered [\d.]+s, kernels built [\d.]+s \([\d.]+s\)", line)
+               for line in lines), out.stdout
+    assert any(re.fullmatch(r"  run-model.wasm: [\d.]+ MB, cargo [\d.]+s", line) for line in lines), out.stdout
