@@ -54,7 +54,7 @@ def test_pipeline_recompiles(project):
 
 
 def test_one_models_input_shape_recompiles_only_that_model(project):
-    compiled, out = project["build"]("SHAPES_beta=x=2,4,8")
+    compiled, out = project["build"]("beta.TVM_INPUT_SHAPES=x=2,4,8")
     assert compiled == ["beta"]
     assert "Building run-model.wasm" in out.stdout
     plan = json.loads((project["top"] / "build/beta/beta.plan.json").read_text())
@@ -63,7 +63,7 @@ def test_one_models_input_shape_recompiles_only_that_model(project):
 
 
 def test_silent_builds_print_nothing_and_normal_ones_say_what_runs(project):
-    compiled, out = project["build"]("-s", "SHAPES_alpha=x=2,4,8")
+    compiled, out = project["build"]("-s", "alpha.TVM_INPUT_SHAPES=x=2,4,8")
     assert out.stdout == "" and compiled == []
     compiled, out = project["build"]()
     lines = out.stdout.splitlines()

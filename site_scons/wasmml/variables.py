@@ -1,0 +1,21 @@
+"""The plugin's command-line variables, for an SConstruct to extend:
+
+    vars = wasmml.variables.plugin_variables(ARGUMENTS)
+    vars.Add("IMAGE", ...)
+    env = Environment(variables=vars, tools=["tvm_model", "cargo_wasm"])
+"""
+
+import os
+
+from SCons.Variables import EnumVariable, PathVariable, Variables
+
+
+def plugin_variables(arguments):
+    variables = Variables(None, arguments)
+    variables.Add("TVM_TARGET_FEATURES", "LLVM features of the wasm32 kernels", "+simd128")
+    variables.Add(EnumVariable("TVM_PIPELINE", "model optimisation pipeline", "fold-fuse",
+                               allowed_values=("fold-fuse", "default")))
+    variables.Add("CARGO_TARGET_DIR", "cargo's target directory", "#build/cargo")
+    variables.Add(PathVariable("CACHE_DIR", "shared build cache (SCons CacheDir); also $WASMML_CACHE_DIR",
+                               os.environ.get("WASMML_CACHE_DIR", ""), PathVariable.PathAccept))
+    return variables
