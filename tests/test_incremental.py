@@ -21,6 +21,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("wasi", "digits")
+# Every file a test here edits.
+EDITED_FILES = ("models/digits/labels.txt", "models/digits/train.py", "models/digits/model.json",
+                "models/efficientnet_lite0/efficientnet_lite0.onnx", "rust/classify/src/main.rs",
+                "rust/runtime/src/lib.rs", "rust/vision/src/lib.rs", "rust/classify/Cargo.toml",
+                "rust/Cargo.lock", "site_scons/wasmml/compile_model.py")
 ALL_STEPS = {"train digits", "compile efficientnet_lite0", "compile digits",
              "build classify.wasm", "build digits.wasm"}
 
@@ -72,6 +77,11 @@ class Checkout:
                              cwd=self.root, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
+
+    def take_edits_from(self, other):
+        """Copies the files the tests of this module edit from `other`."""
+        for rel in EDITED_FILES:
+            shutil.copy2(other.root / rel, self.root / rel)
 
     def digit_label(self, cls):
         """The label the checkout's digits model has for class `cls`."""
@@ -250,11 +260,7 @@ def test_parallel_and_other_directory_builds_are_byte_identical(checkout, tmp_pa
     same bytes as the first checkout's current state rebuilt there."""
     checkout.build()
     other = Checkout(copy_repo(tmp_path_factory.mktemp("checkout2")))
-    for rel in ("models/digits/labels.txt", "rust/classify/src/main.rs", "rust/runtime/src/lib.rs",
-                "rust/vision/src/lib.rs", "rust/classify/Cargo.toml", "rust/Cargo.lock",
-                "site_scons/wasmml/compile_model.py", "models/digits/train.py",
-                "models/digits/model.json", "models/efficientnet_lite0/efficientnet_lite0.onnx"):
-        shutil.copy2(checkout.root / rel, other.root / rel)
+    other.take_edits_from(checkout)
     ran, log = other.build("-j1", "--cache-disable")
     assert ran == ALL_STEPS, log
     mine = {k: v for k, v in checkout.digest().items() if "run-model" not in k}
@@ -263,12 +269,8 @@ def test_parallel_and_other_directory_builds_are_byte_identical(checkout, tmp_pa
 
 def test_cache_serves_a_second_checkout_without_compiling(checkout, shared_cache, tmp_path_factory):
     other = Checkout(copy_repo(tmp_path_factory.mktemp("checkout3")), cache=shared_cache)
-    # The first checkout's current sources, so the cache holds their artifacts.
-    for rel in ("models/digits/labels.txt", "rust/classify/src/main.rs", "rust/runtime/src/lib.rs",
-                "rust/vision/src/lib.rs", "rust/classify/Cargo.toml", "rust/Cargo.lock",
-                "site_scons/wasmml/compile_model.py", "models/digits/train.py",
-                "models/digits/model.json", "models/efficientnet_lite0/efficientnet_lite0.onnx"):
-        shutil.copy2(checkout.root / rel, other.root / rel)
+    # The first checkout's current sources, whose artifacts the cache holds.
+    other.take_edits_from(checkout)
     checkout.build()  # make sure the cache has the current state
     out = other.scons(*TARGETS)
     assert steps(out.stdout) == set(), out.stdout
