@@ -18,4 +18,7 @@ def plugin_variables(arguments):
     variables.Add("CARGO_TARGET_DIR", "cargo's target directory", "#build/cargo")
     variables.Add(PathVariable("CACHE_DIR", "shared build cache (SCons CacheDir); also $WASMML_CACHE_DIR",
                                os.environ.get("WASMML_CACHE_DIR", ""), PathVariable.PathAccept))
+    variables.Add(PathVariable("WASCC_KEYS_DIR", "where actor signing keys are generated and kept "
+                               "(outside build/; $WASCC_ACCOUNT_SEED and $WASCC_MODULE_SEED override)",
+                               "#keys", PathVariable.PathAccept))
     return variables

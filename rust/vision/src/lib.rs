@@ -64,6 +64,8 @@ pub enum Error {
     Metadata(String),
     /// The bytes are not an image this build can decode.
     Decode(String),
+    /// The image declares more pixels than the limit; refused before decoding.
+    TooLarge { width: u32, height: u32, limit: u64 },
     /// The model failed.
     Model(model_runtime::Error),
 }
@@ -73,6 +75,9 @@ impl fmt::Display for Error {
         match self {
             Error::Metadata(m) => write!(f, "model metadata: {}", m),
             Error::Decode(m) => write!(f, "not a decodable PNG or JPEG image ({})", m),
+            Error::TooLarge { width, height, limit } => {
+                write!(f, "image is {}x{} pixels, more than the limit of {} pixels", width, height, limit)
+            }
             Error::Model(e) => write!(f, "{}", e),
         }
     }
@@ -94,11 +99,17 @@ pub struct Prediction<'a> {
     pub probability: f32,
 }
 
+/// Images with more pixels than this are refused before they are decoded:
+/// a few bytes of PNG can declare gigapixels. 32 Mpx is a large camera photo,
+/// and decodes within about 200 MB.
+pub const DEFAULT_PIXEL_LIMIT: u64 = 1 << 25;
+
 /// A model with its metadata and labels, ready to classify images.
 pub struct Classifier {
     model: Model,
     info: ModelInfo,
     labels: Vec<String>,
+    pixel_limit: u64,
 }
 
 impl Classifier {
@@ -109,12 +120,22 @@ impl Classifier {
         }
         // Every line is a class, class 0 included.
         let labels: Vec<String> = labels.lines().map(|l| l.trim_end().to_string()).collect();
-        let classifier = Classifier { model, info, labels };
+        let classifier = Classifier { model, info, labels, pixel_limit: DEFAULT_PIXEL_LIMIT };
         let classes = classifier.model.outputs().first().map(|o| o.shape.iter().product::<i64>()).unwrap_or(0);
         if classes as usize != classifier.labels.len() {
             return Err(Error::Metadata(format!("{} labels for {} classes", classifier.labels.len(), classes)));
         }
         Ok(classifier)
+    }
+
+    /// Refuse images with more than `pixels` pixels (see DEFAULT_PIXEL_LIMIT).
+    pub fn with_pixel_limit(mut self, pixels: u64) -> Classifier {
+        self.pixel_limit = pixels;
+        self
+    }
+
+    pub fn labels(&self) -> &[String] {
+        &self.labels
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -128,6 +149,7 @@ impl Classifier {
     /// Decodes, preprocesses and classifies one image; the `top` best classes.
     pub fn classify(&self, session: &mut Session<'_>, image: &[u8], top: usize) -> Result<Vec<Prediction<'_>>, Error> {
         let (input, _) = self.info.inputs.iter().next().ok_or_else(|| Error::Metadata("no input".into()))?;
+        check_pixels(image, self.pixel_limit)?;
         let tensor = preprocess(image, &self.info.preprocess)?;
         session.set_input_f32(input, &tensor)?;
         session.run()?;
@@ -160,6 +182,18 @@ pub fn preprocess(bytes: &[u8], p: &Preprocess) -> Result<Vec<f32>, Error> {
         3 => Ok(normalize(&crop_and_resize(&decoded.to_rgb8(), p)?, p)),
         n => Err(Error::Metadata(format!("{} channels (1 or 3 are supported)", n))),
     }
+}
+
+/// Reads only the image's header: refuses more than `limit` pixels.
+pub fn check_pixels(bytes: &[u8], limit: u64) -> Result<(), Error> {
+    let reader = image::io::Reader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| Error::Decode(e.to_string()))?;
+    let (width, height) = reader.into_dimensions().map_err(|e| Error::Decode(e.to_string()))?;
+    if width as u64 * height as u64 > limit {
+        return Err(Error::TooLarge { width, height, limit });
+    }
+    Ok(())
 }
 
 type Image<P> = ImageBuffer<P, Vec<u8>>;
@@ -261,6 +295,25 @@ mod test {
     #[test]
     fn garbage_is_a_decode_error() {
         assert!(matches!(preprocess(b"not an image", &preprocess_spec(Layout::NCHW)), Err(Error::Decode(_))));
+    }
+
+    /// The 8-byte signature and an IHDR chunk that declares width x height.
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
+        let mut chunk = b"IHDR".to_vec();
+        chunk.extend_from_slice(&width.to_be_bytes());
+        chunk.extend_from_slice(&height.to_be_bytes());
+        chunk.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0d".to_vec();
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn declared_size_above_the_limit_is_refused_from_the_header() {
+        let err = check_pixels(&png_header(100_000, 100_000), DEFAULT_PIXEL_LIMIT).unwrap_err();
+        assert!(matches!(err, Error::TooLarge { width: 100_000, height: 100_000, .. }), "{}", err);
+        assert!(check_pixels(&png_header(64, 64), DEFAULT_PIXEL_LIMIT).is_ok());
     }
 
     #[test]

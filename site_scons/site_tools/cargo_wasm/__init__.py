@@ -1,8 +1,9 @@
-"""SCons tool `cargo_wasm`: builds a Cargo crate's binary for wasm32.
+"""SCons tool `cargo_wasm`: builds a Cargo crate's binary or cdylib for wasm32.
 
 Builder `CargoWasm(target_wasm, crate_dir, model=nodes, CARGO_BIN=name)`
 runs `cargo build --release` for the crate and copies the binary's `.wasm` to
-target_wasm. `model` is what `TVMModel` returned: the crate's build script
+target_wasm; with `CARGO_LIB=name` (the [lib] name) it builds the crate's
+cdylib instead, e.g. a waPC actor for `WASM_TARGET="unknown"`. `model` is what `TVMModel` returned: the crate's build script
 links that archive and embeds that plan and weights (see rust/embed).
 
 A scanner reads the crate's Cargo.toml and finds everything cargo reads:
@@ -16,6 +17,8 @@ Construction variables:
                          "unknown" (wasm32-unknown-unknown)
     CARGO_TARGET_DIR     cargo's target dir, shared by all crates
                          (default: $BUILD_DIR/cargo); a SideEffect and Clean
+    CARGO_BIN, CARGO_LIB which artifact: a binary (default: the crate
+                         directory's name) or, when CARGO_LIB is set, the lib
     CARGOFLAGS           extra flags for cargo build
     CARGOCOM, CARGOCOMSTR
 """
@@ -42,7 +45,7 @@ CARGOCOM = (
     "$( RUSTFLAGS=$_CARGO_RUSTFLAGS $) "
     "$CARGO build --release --locked --quiet $( --manifest-path $CARGO_MANIFEST "
     "--target-dir ${__env__.Dir(CARGO_TARGET_DIR).abspath} $) --target $CARGO_TRIPLE "
-    "--bin $CARGO_BIN $( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
+    "${_cargo_artifact_flags(__env__)} $( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
 )
 
 
@@ -154,8 +157,9 @@ def _start(target, source, env):
 def _copy_artifact(target, source, env):
     """Cargo leaves its binary in the shared target dir; copy it out
     atomically so no half-written module is ever taken as up to date."""
+    name = env.subst("$CARGO_LIB") or env.subst("$CARGO_BIN")
     built = os.path.join(env.Dir("$CARGO_TARGET_DIR").abspath,
-                         env.subst("$CARGO_TRIPLE/release/${CARGO_BIN}.wasm"))
+                         env.subst("$CARGO_TRIPLE/release/") + name + ".wasm")
     final = target[0].abspath
     tmp = final + ".tmp"
     shutil.copyfile(built, tmp)
@@ -195,6 +199,10 @@ def _triple(env):
     return env["WASI_TRIPLE"] if env["WASM_TARGET"] == "wasi" else toolchain.WASM_UNKNOWN
 
 
+def _artifact_flags(env):
+    return ["--lib"] if env.subst("$CARGO_LIB") else ["--bin", env.subst("$CARGO_BIN")]
+
+
 def _rustflags(env):
     """Keeps absolute paths out of the module, so builds are reproducible.
     Depends only on where the crates are, so every project that builds
@@ -220,20 +228,22 @@ def generate(env):
         CARGOFLAGS="",
         WASM_MODEL_DIR="",
         WASM_MODEL_NAME="",
+        CARGO_LIB="",
+        _cargo_artifact_flags=_artifact_flags,
         CARGO_TRIPLE="${_cargo_triple(__env__)}",
         _cargo_triple=_triple,
         _CARGO_RUSTFLAGS="${_cargo_rustflags(__env__)}",
         _cargo_rustflags=_rustflags,
         _CARGO_SOURCE_FLAGS=toolchain.cargo_source_flags(),
         CARGOCOM=CARGOCOM,
-        CARGOCOMSTR="Building ${TARGET.file} (crate $CARGO_BIN, $CARGO_TRIPLE) with cargo",
+        CARGOCOMSTR="Building ${TARGET.file} (crate ${CARGO_LIB or CARGO_BIN}, $CARGO_TRIPLE) with cargo",
     )
     env["BUILDERS"]["_CargoWasm"] = SCons.Builder.Builder(
         action=[
             SCons.Action.Action(_start, None),
             SCons.Action.Action("$CARGOCOM", "$CARGOCOMSTR"),
             SCons.Action.Action(_copy_artifact, None,
-                                varlist=["CARGO_TARGET_DIR", "CARGO_TRIPLE", "CARGO_BIN"]),
+                                varlist=["CARGO_TARGET_DIR", "CARGO_TRIPLE", "CARGO_BIN", "CARGO_LIB"]),
         ],
         emitter=_emitter,
         source_scanner=CrateScanner,

@@ -1,0 +1,3 @@
+fn main() {
+    model_embed::embed_model();
+}
