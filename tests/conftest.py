@@ -5,6 +5,7 @@ Every scons run of a session uses one cargo target dir, so the Rust
 dependencies are compiled once.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,26 @@ def run_wasm(python, tmp_path_factory):
         assert proc.returncode == 0, f"{wasm} exited {proc.returncode}: {proc.stderr}"
         return proc
     return run
+
+
+@pytest.fixture(scope="session")
+def actor_keys():
+    """Signing seeds for the test session, given to the build as
+    $WASCC_ACCOUNT_SEED and $WASCC_MODULE_SEED."""
+    sys.path.insert(0, str(REPO / "site_scons"))
+    from wasmml.wascap import KeyPair
+    return {"WASCC_ACCOUNT_SEED": KeyPair.generate("account").seed,
+            "WASCC_MODULE_SEED": KeyPair.generate("module").seed}
+
+
+@pytest.fixture(scope="session")
+def actor(actor_keys, tmp_path_factory):
+    """The signed waSCC actor, built by the project's own SConstruct
+    (`scons wascc`) and copied out, with its unsigned module beside it, so
+    that later builds in the repository do not change it under the tests."""
+    subprocess.run([sys.executable, "-m", "SCons", "-Q", "wascc"], cwd=REPO, check=True,
+                   env=dict(os.environ, **actor_keys), timeout=BUILD_TIMEOUT)
+    out = tmp_path_factory.mktemp("actor")
+    for name in ("classify_actor.wasm", "classify_actor.unsigned.wasm"):
+        shutil.copyfile(REPO / "build" / "wascc" / name, out / name)
+    return out / "classify_actor.wasm"

@@ -47,6 +47,7 @@ def steps(log):
     found = {f"train {m}" for m in re.findall(r"^Training model (\w+)", log, re.M)}
     found |= {f"compile {m}" for m in re.findall(r"^Compiling model (\w+)", log, re.M)}
     found |= {f"build {m}" for m in re.findall(r"^Building (\S+\.wasm)", log, re.M)}
+    found |= {f"sign {m}" for m in re.findall(r"^Signing (\S+\.wasm)", log, re.M)}
     return found
 
 
@@ -158,6 +159,11 @@ def test_runtime_source_rebuilds_every_module(checkout):
         "build classify.wasm", "build digits.wasm", "build run-model.wasm"}
 
 
+def test_actor_links_the_model_build_the_wasi_app_uses(checkout):
+    """Both products from one TVM compile: the actor only runs cargo."""
+    assert checkout.build("wascc")[0] == {"build classify_actor.unsigned.wasm", "sign classify_actor.wasm"}
+
+
 def test_onnx_bytes_rebuild_that_model_and_its_modules(checkout):
     import numpy as np
     import onnx
@@ -168,12 +174,13 @@ def test_onnx_bytes_rebuild_that_model_and_its_modules(checkout):
     bias = next(t for t in model.graph.initializer if list(t.dims) == [1000])
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + np.float32(1e-3), bias.name))
     onnx.save(model, path)
-    assert checkout.build("run-model")[0] == {
-        "compile efficientnet_lite0", "build classify.wasm", "build run-model.wasm"}
+    assert checkout.build("run-model", "wascc")[0] == {
+        "compile efficientnet_lite0", "build classify.wasm", "build run-model.wasm",
+        "build classify_actor.unsigned.wasm", "sign classify_actor.wasm"}
     # New bytes that compile to the same artifacts relink nothing.
     model.doc_string = "edited by a test"
     onnx.save(model, path)
-    assert checkout.build("run-model")[0] == {"compile efficientnet_lite0"}
+    assert checkout.build("run-model", "wascc")[0] == {"compile efficientnet_lite0"}
 
 
 def test_training_script_edit_retrains_but_identical_model_compiles_nothing(checkout):
@@ -263,7 +270,7 @@ def test_parallel_and_other_directory_builds_are_byte_identical(checkout, tmp_pa
     other.take_edits_from(checkout)
     ran, log = other.build("-j1", "--cache-disable")
     assert ran == ALL_STEPS, log
-    mine = {k: v for k, v in checkout.digest().items() if "run-model" not in k}
+    mine = {k: v for k, v in checkout.digest().items() if "run-model" not in k and "wascc" not in k}
     assert other.digest() == mine
 
 
@@ -276,12 +283,12 @@ def test_cache_serves_a_second_checkout_without_compiling(checkout, shared_cache
     assert steps(out.stdout) == set(), out.stdout
     assert "Retrieved `build/models/efficientnet_lite0/libefficientnet_lite0.a' from cache" in out.stdout
     assert not (other.root / "build" / "cargo").exists()  # cargo never ran
-    mine = {k: v for k, v in checkout.digest().items() if "run-model" not in k}
+    mine = {k: v for k, v in checkout.digest().items() if "run-model" not in k and "wascc" not in k}
     assert other.digest() == mine
 
 
 def test_clean_removes_every_artifact_and_the_next_build_is_complete(checkout, digit_image):
-    checkout.scons("-c", *TARGETS, "run-model")
+    checkout.scons("-c", *TARGETS, "run-model", "wascc")
     left = [p for p in (checkout.root / "build").rglob("*") if p.is_file()
             and "digit-images" not in p.parts]
     assert left == []

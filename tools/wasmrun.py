@@ -15,16 +15,18 @@ Node passes it through); 2 (ours) if the module cannot be read, compiled or
 instantiated. Each error is one line on stderr. Compiled modules are cached.
 """
 import argparse
-import hashlib
-import importlib.metadata
 import json
 import os
 import re
 import subprocess
 import sys
-import tempfile
 
 import wasmtime
+
+# the compiled-module cache is shared with the waSCC host, in site_scons/wasmml
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "site_scons"))
+from wasmml.wasmcache import load_module  # noqa: E402
 
 TRAP_EXIT = 134  # 128 + SIGABRT, what the wasmtime CLI exits with on a trap
 LOAD_EXIT = 2
@@ -72,47 +74,6 @@ def parse_args(argv):
     ns.env = [tuple(e.split("=", 1)) if "=" in e else (e, os.environ.get(e, ""))
               for e in ns.env]
     return ns
-
-
-def load_module(engine, wasm, cache_dir):
-    """Compile `wasm`, reusing a serialized copy from `cache_dir` when valid.
-
-    Deserializing trusts its input completely (a flipped bit in machine code is
-    not detected by wasmtime), so each entry has a sidecar sha256 of its bytes
-    and is only loaded when that matches; anything else is recompiled.
-    """
-    if cache_dir is None:
-        return wasmtime.Module(engine, wasm)
-    version = importlib.metadata.version("wasmtime")
-    key = hashlib.sha256(wasm + b"\0wasmtime " + version.encode()).hexdigest()
-    entry = os.path.join(cache_dir, key + ".cwasm")
-    try:
-        with open(entry, "rb") as f, open(entry + ".sha256") as s:
-            if hashlib.sha256(f.read()).hexdigest() == s.read().strip():
-                return wasmtime.Module.deserialize_file(engine, entry)
-    except (OSError, wasmtime.WasmtimeError):
-        pass  # missing or corrupt: fall through and overwrite it
-    module = wasmtime.Module(engine, wasm)
-    data = bytes(module.serialize())
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        _write_atomic(entry, data)
-        _write_atomic(entry + ".sha256", hashlib.sha256(data).hexdigest().encode())
-    except OSError:
-        pass  # a read-only or full cache must not stop the run
-    return module
-
-
-def _write_atomic(path, data):
-    # temp file + rename, so concurrent runs never see a half-written entry
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run_wasmtime(ns, name, wasm):

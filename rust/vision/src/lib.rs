@@ -186,14 +186,27 @@ pub fn preprocess(bytes: &[u8], p: &Preprocess) -> Result<Vec<f32>, Error> {
 
 /// Reads only the image's header: refuses more than `limit` pixels.
 pub fn check_pixels(bytes: &[u8], limit: u64) -> Result<(), Error> {
-    let reader = image::io::Reader::new(std::io::Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| Error::Decode(e.to_string()))?;
-    let (width, height) = reader.into_dimensions().map_err(|e| Error::Decode(e.to_string()))?;
+    let (width, height) = declared_size(bytes)?;
     if width as u64 * height as u64 > limit {
         return Err(Error::TooLarge { width, height, limit });
     }
     Ok(())
+}
+
+/// The width and height an image's header declares, read without decoding.
+/// PNG headers go to the png crate directly: image's PNG decoder sizes its
+/// output buffer while it reads the header, and on wasm32 that size overflows
+/// for gigapixel images before their dimensions can be compared.
+fn declared_size(bytes: &[u8]) -> Result<(u32, u32), Error> {
+    let format = image::guess_format(bytes).map_err(|e| Error::Decode(e.to_string()))?;
+    if format == image::ImageFormat::Png {
+        let mut decoder = png::Decoder::new(bytes);
+        let info = decoder.read_header_info().map_err(|e| Error::Decode(e.to_string()))?;
+        return Ok((info.width, info.height));
+    }
+    image::io::Reader::with_format(std::io::Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| Error::Decode(e.to_string()))
 }
 
 type Image<P> = ImageBuffer<P, Vec<u8>>;

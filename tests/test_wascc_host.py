@@ -1,0 +1,200 @@
+"""The host's limits and refusals, with a small waPC actor written here in
+WAT (signed by wasmml.wascap) that misbehaves on demand: the last byte of
+the request body says what it does. Each test runs the real host process
+and a real HTTP client on loopback.
+
+    ...L  loops forever           -> 503 after --timeout, next request served
+    ...T  traps (unreachable)     -> 500, instance replaced, next request served
+    ...O  answers from outside its memory -> 500
+    ...E  returns a guest error   -> 500 with the guest's message
+    ...G  grows its memory past --max-memory -> 500
+    else  answers 200 "ok" (also HealthRequest)
+"""
+
+import concurrent.futures
+import json
+import sys
+import time
+
+import msgpack
+import pytest
+import wasmtime
+
+from conftest import REPO
+from hostproc import Host, refusal
+
+sys.path.insert(0, str(REPO / "site_scons"))
+from wasmml import wascap  # noqa: E402
+
+OK = msgpack.packb({"statusCode": 200, "status": "OK", "header": {"Content-Type": "text/plain"},
+                    "body": b"ok"}, use_bin_type=True)
+GUEST_ERROR = b"the guest gave up"
+
+
+def wat_bytes(data):
+    return "".join(f"\\{b:02x}" for b in data)
+
+
+ACTOR_WAT = f"""
+(module
+  (import "wapc" "__guest_request" (func $request (param i32 i32)))
+  (import "wapc" "__guest_response" (func $response (param i32 i32)))
+  (import "wapc" "__guest_error" (func $error (param i32 i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 1024) "{wat_bytes(OK)}")
+  (data (i32.const 2048) "{wat_bytes(GUEST_ERROR)}")
+  (func (export "__guest_call") (param $op_len i32) (param $msg_len i32) (result i32)
+    (local $last i32)
+    ;; the operation at 0, the message at 4096 (the host checks both fit)
+    (call $request (i32.const 0) (i32.const 4096))
+    (local.set $last (i32.load8_u (i32.add (i32.const 4095) (local.get $msg_len))))
+    (if (i32.eq (local.get $last) (i32.const 0x4c))        ;; L
+      (then (loop $forever (br $forever))))
+    (if (i32.eq (local.get $last) (i32.const 0x54))        ;; T
+      (then unreachable))
+    (if (i32.eq (local.get $last) (i32.const 0x4f))        ;; O
+      (then (call $response (i32.const 0x7ffffff0) (i32.const 64)) (return (i32.const 1))))
+    (if (i32.eq (local.get $last) (i32.const 0x45))        ;; E
+      (then (call $error (i32.const 2048) (i32.const {len(GUEST_ERROR)})) (return (i32.const 0))))
+    (if (i32.eq (local.get $last) (i32.const 0x47))        ;; G: 64 MiB more, then touch it
+      (then (if (i32.eq (memory.grow (i32.const 1024)) (i32.const -1)) (then unreachable))))
+    (call $response (i32.const 1024) (i32.const {len(OK)}))
+    (i32.const 1))
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return wascap.KeyPair.generate("account"), wascap.KeyPair.generate("module")
+
+
+def signed(tmp_path, keys, name="misbehaving.wasm", **claims):
+    account, module = keys
+    claims.setdefault("caps", ["wascc:http_server"])
+    wasm = wascap.sign_actor(wasmtime.wat2wasm(ACTOR_WAT), account, module, name="misbehaving", **claims)
+    path = tmp_path / name
+    path.write_bytes(wasm)
+    return path
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, keys):
+    actor = signed(tmp_path_factory.mktemp("wat-actor"), keys)
+    h = Host(actor, "--issuer", keys[0].public_key, "--instances", 2, "--timeout", 0.5,
+             "--max-memory", 32, "--max-body", 4096)
+    assert h.banner.startswith("serving misbehaving"), h.stop()
+    yield h
+    code, err = h.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def error_of(answer):
+    status, headers, body = answer
+    assert headers["Content-Type"] == "application/json", body
+    return status, json.loads(body)["error"]
+
+
+def test_a_well_behaved_request_is_answered(host):
+    assert host.request("PUT", b"hello")[::2] == (200, b"ok")
+
+
+def test_an_endless_loop_times_out_with_503_and_the_host_keeps_serving(host):
+    started = time.monotonic()
+    status, message = error_of(host.request("PUT", b"L"))
+    assert status == 503 and "timed out" in message
+    assert time.monotonic() - started < 10
+    # both instances, the replaced one included, answer
+    for _ in range(4):
+        assert host.request("PUT", b"hello")[::2] == (200, b"ok")
+
+
+def test_a_trap_answers_500_and_the_host_keeps_serving(host):
+    status, message = error_of(host.request("PUT", b"T"))
+    assert status == 500 and "trapped" in message and "unreachable" in message
+    for _ in range(4):
+        assert host.request("PUT", b"hello")[::2] == (200, b"ok")
+
+
+def test_a_response_outside_guest_memory_answers_500(host):
+    status, message = error_of(host.request("PUT", b"O"))
+    assert status == 500 and "outside the guest's memory" in message
+    assert host.request("PUT", b"hello")[0] == 200
+
+
+def test_a_guest_error_answers_500_with_its_message(host):
+    assert error_of(host.request("PUT", b"E")) == (500, f"actor error: {GUEST_ERROR.decode()}")
+
+
+def test_memory_above_the_limit_is_refused(host):
+    status, message = error_of(host.request("PUT", b"G"))
+    assert status == 500 and "unreachable" in message
+    assert host.request("PUT", b"hello")[0] == 200
+
+
+def test_the_body_limit_is_the_hosts(host):
+    assert error_of(host.request("PUT", b"x" * 4097))[0] == 413
+    assert host.request("PUT", b"x" * 4096)[0] == 200
+
+
+def test_misbehaving_requests_among_good_ones_in_flight_together(host):
+    """Loops and traps in flight beside good requests: each good one is
+    answered 200, each bad one 500 or 503, none waits for the others."""
+    bodies = [b"hello", b"L", b"hello", b"T", b"hello", b"hello", b"O", b"hello"] * 2
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda body: host.request("PUT", body), bodies))
+    for body, (status, _, answer) in zip(bodies, answers):
+        if body == b"hello":
+            assert (status, answer) == (200, b"ok")
+        else:
+            assert status in (500, 503), (body, status, answer)
+
+
+def test_an_actor_without_the_http_capability_is_refused(tmp_path, keys):
+    actor = signed(tmp_path, keys, caps=["wascc:keyvalue"])
+    assert "not signed for capability wascc:http_server" in refusal(actor, "--issuer", keys[0].public_key)
+
+
+def test_an_expired_token_is_refused(tmp_path, keys):
+    actor = signed(tmp_path, keys, iat=1_000_000_000, expires=1_000_000_060)
+    assert "expired" in refusal(actor, "--issuer", keys[0].public_key)
+
+
+def test_a_token_not_yet_valid_is_refused(tmp_path, keys):
+    actor = signed(tmp_path, keys, not_before=int(time.time()) + 3600)
+    assert "not valid before" in refusal(actor, "--issuer", keys[0].public_key)
+
+
+def test_a_token_whose_signature_was_forged_is_refused(tmp_path, keys):
+    """Claims edited after signing (a capability added) with the old signature kept."""
+    actor = signed(tmp_path, keys, caps=["wascc:keyvalue"])
+    wasm = actor.read_bytes()
+    token = wascap.read_token(wasm)
+    header, claims, signature = token.split(".")
+    body = json.loads(wascap.jwt.utils.base64url_decode(claims))
+    body["wascap"]["caps"] = ["wascc:http_server"]
+    forged = wascap.jwt.utils.base64url_encode(json.dumps(body).encode()).decode()
+    actor.write_bytes(wascap.strip_token(wasm) + wascap.custom_section(
+        "jwt", f"{header}.{forged}.{signature}".encode()))
+    assert "signature does not verify" in refusal(actor, "--any-issuer")
+
+
+def test_without_a_trusted_account_nothing_runs(tmp_path, keys):
+    actor = signed(tmp_path, keys)
+    err = refusal(actor, "--keys-dir", tmp_path / "no-keys")
+    assert "no trusted account" in err
+
+
+def test_a_module_that_is_not_an_actor_is_refused(tmp_path, keys):
+    account, module = keys
+    path = tmp_path / "plain.wasm"
+    path.write_bytes(wascap.sign_actor(wasmtime.wat2wasm('(module (memory (export "memory") 1))'),
+                                       account, module, name="plain", caps=["wascc:http_server"]))
+    assert "not a waPC actor" in refusal(path, "--issuer", account.public_key)
+
+
+def test_a_taken_port_is_one_line(tmp_path, keys, host):
+    actor = signed(tmp_path, keys)
+    h = Host(actor, "--issuer", keys[0].public_key, port=host.port)
+    code, err = h.stop()
+    assert code == 1 and err.startswith(f"error: cannot listen on 127.0.0.1:{host.port}"), err

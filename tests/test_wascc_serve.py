@@ -1,0 +1,160 @@
+"""The second product, for real: `scons wascc` builds the signed actor, and
+the project's host (wasmml.wascc_host) serves it over HTTP on loopback. A
+real HTTP client sends photos and bad requests; the actor answers each, and
+the host refuses actors it must not run."""
+
+import concurrent.futures
+import http.client
+import io
+import json
+import struct
+import sys
+import zlib
+
+import pytest
+import wasmtime
+
+from conftest import REPO
+from hostproc import Host, refusal
+
+IMAGES = REPO / "models" / "images"
+LABELS = (REPO / "models" / "efficientnet_lite0" / "labels.txt").read_text().splitlines()
+CAT_CLASSES = range(281, 288)
+ESPRESSO = 967
+
+
+def account_of(actor_keys):
+    sys.path.insert(0, str(REPO / "site_scons"))
+    from wasmml.wascap import KeyPair
+    return KeyPair.from_seed(actor_keys["WASCC_ACCOUNT_SEED"]).public_key
+
+
+@pytest.fixture(scope="module")
+def host(actor, actor_keys):
+    h = Host(actor, "--issuer", account_of(actor_keys), "--instances", 2)
+    assert h.banner.startswith("serving"), h.stop()
+    yield h
+    code, err = h.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def photo(name):
+    return (IMAGES / name).read_bytes()
+
+
+def png_declaring(width, height):
+    """A PNG whose header declares width x height; the pixels are absent."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+
+
+def test_actor_imports_only_from_wapc(actor):
+    module = wasmtime.Module(wasmtime.Engine(), actor.read_bytes())
+    assert {i.module for i in module.imports} == {"wapc"}
+    assert {"__guest_call", "memory"} <= {e.name for e in module.exports}
+
+
+def test_cat_photo_answers_a_cat_class_as_a_json_string(host):
+    status, headers, body = host.request("PUT", photo("chelsea.png"))
+    assert status == 200, body
+    assert headers["Content-Type"] == "application/json"
+    assert LABELS.index(json.loads(body)) in CAT_CLASSES
+
+
+def test_post_works_like_put(host):
+    status, _, body = host.request("POST", photo("coffee.png"))
+    assert (status, json.loads(body)) == (200, LABELS[ESPRESSO])
+
+
+def test_top_five_lists_labels_with_probabilities(host):
+    status, _, body = host.request("PUT", photo("chelsea.png"), path="/?top=5")
+    assert status == 200, body
+    ranked = json.loads(body)
+    assert len(ranked) == 5 and all(set(r) == {"label", "probability"} for r in ranked)
+    probabilities = [r["probability"] for r in ranked]
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.0001
+    assert LABELS.index(ranked[0]["label"]) in CAT_CLASSES
+
+
+def test_sixteen_concurrent_requests_all_answer_right(host):
+    cases = [("chelsea.png", CAT_CLASSES), ("coffee.png", [ESPRESSO])] * 8
+    with concurrent.futures.ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(lambda case: host.request("PUT", photo(case[0]), timeout=120), cases))
+    for (name, classes), (status, _, body) in zip(cases, answers):
+        assert status == 200, (name, body)
+        assert LABELS.index(json.loads(body)) in classes, (name, body)
+
+
+@pytest.mark.parametrize("method,body,path,status", [
+    ("PUT", b"", "/", 400),                               # empty body
+    ("PUT", b"this is not an image", "/", 400),           # not an image
+    ("POST", photo("chelsea.png")[:2000], "/", 400),      # truncated PNG
+    ("PUT", photo("chelsea.png"), "/?top=0", 400),        # bad query
+    ("GET", b"", "/", 405),
+    ("DELETE", b"", "/", 405),
+    ("PUT", png_declaring(100_000, 100_000), "/", 413),   # 10 gigapixels declared
+])
+def test_bad_requests_get_a_json_error(host, method, body, path, status):
+    got, headers, answer = host.request(method, body, path=path)
+    assert got == status, answer
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(answer)["error"]
+    if status == 405:
+        assert headers["Allow"] == "PUT, POST"
+
+
+def test_body_above_the_hosts_limit_is_refused_unread(host):
+    conn = http.client.HTTPConnection("127.0.0.1", host.port, timeout=30)
+    conn.putrequest("PUT", "/")
+    conn.putheader("Content-Length", str(1 << 30))  # announced, never sent
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    conn.close()
+    assert host.request("PUT", photo("coffee.png"))[0] == 200
+
+
+def test_out_of_memory_traps_that_instance_and_the_host_keeps_serving(actor, actor_keys):
+    """An image that decodes within the pixel limit but not within the
+    host's memory limit makes the actor abort (a trap): that request gets a
+    5xx, the instance is replaced, and the next request is answered."""
+    from PIL import Image
+    big = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (120, 80, 40)).save(big, "PNG")  # 75 MB as RGB
+    h = Host(actor, "--issuer", account_of(actor_keys), "--instances", 1, "--max-memory", 96)
+    try:
+        assert h.banner.startswith("serving"), h.stop()
+        status, _, body = h.request("PUT", big.getvalue())
+        assert status in (500, 503), body
+        assert "error" in json.loads(body)
+        status, _, body = h.request("PUT", photo("chelsea.png"))
+        assert status == 200 and LABELS.index(json.loads(body)) in CAT_CLASSES, body
+    finally:
+        code, err = h.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def test_unsigned_actor_is_refused(actor, actor_keys):
+    err = refusal(actor.parent / "classify_actor.unsigned.wasm", "--issuer", account_of(actor_keys))
+    assert "not signed" in err
+
+
+def test_tampered_actor_is_refused(actor, actor_keys, tmp_path):
+    wasm = bytearray(actor.read_bytes())
+    wasm[len(wasm) // 2] ^= 0x01  # a byte of the embedded weights
+    tampered = tmp_path / "tampered.wasm"
+    tampered.write_bytes(wasm)
+    assert "hash does not match" in refusal(tampered, "--issuer", account_of(actor_keys))
+
+
+def test_actor_signed_by_a_stranger_is_refused(actor, actor_keys, tmp_path):
+    sys.path.insert(0, str(REPO / "site_scons"))
+    from wasmml import wascap
+    stranger = wascap.KeyPair.generate("account")
+    module = wascap.KeyPair.from_seed(actor_keys["WASCC_MODULE_SEED"])
+    resigned = tmp_path / "resigned.wasm"
+    resigned.write_bytes(wascap.sign_actor(actor.read_bytes(), stranger, module, name="classify",
+                                           caps=["wascc:http_server"]))
+    err = refusal(resigned, "--issuer", account_of(actor_keys))
+    assert stranger.public_key in err and "not a trusted" in err
