@@ -20,18 +20,12 @@ class Host:
         cmd = [sys.executable, "-m", "wasmml.wascc_host", str(actor), "--port", str(self.port),
                "--quiet", *map(str, args)]
         env = dict(os.environ, PYTHONPATH=str(REPO / "site_scons"))
+        env.setdefault("WASMRUN_CACHE", str(REPO / "build" / "wasmrun-cache"))  # not ~/.cache
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = self.proc.stdout.readline()
 
     def request(self, method, body=b"", path="/", headers=None, timeout=60):
-        """(status, headers, body) of one request on its own connection."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
+        return request(self.port, method, body, path, headers, timeout)
 
     def stop(self):
         """(exit status, stderr)."""
@@ -43,6 +37,17 @@ class Host:
             self.proc.kill()
             _, err = self.proc.communicate()
         return self.proc.returncode, err
+
+
+def request(port, method, body=b"", path="/", headers=None, timeout=60):
+    """(status, headers, body) of one request on its own connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
 
 
 def free_port():

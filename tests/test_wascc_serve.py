@@ -7,7 +7,10 @@ import concurrent.futures
 import http.client
 import io
 import json
+import os
+import signal
 import struct
+import subprocess
 import sys
 import zlib
 
@@ -15,7 +18,9 @@ import pytest
 import wasmtime
 
 from conftest import REPO
-from hostproc import Host, refusal
+from hostproc import Host, free_port, refusal, request
+
+sys.path.insert(0, str(REPO / "site_scons"))
 
 IMAGES = REPO / "models" / "images"
 LABELS = (REPO / "models" / "efficientnet_lite0" / "labels.txt").read_text().splitlines()
@@ -24,7 +29,6 @@ ESPRESSO = 967
 
 
 def account_of(actor_keys):
-    sys.path.insert(0, str(REPO / "site_scons"))
     from wasmml.wascap import KeyPair
     return KeyPair.from_seed(actor_keys["WASCC_ACCOUNT_SEED"]).public_key
 
@@ -53,6 +57,20 @@ def test_actor_imports_only_from_wapc(actor):
     module = wasmtime.Module(wasmtime.Engine(), actor.read_bytes())
     assert {i.module for i in module.imports} == {"wapc"}
     assert {"__guest_call", "memory"} <= {e.name for e in module.exports}
+
+
+def test_health_and_unknown_operations(actor):
+    """The waPC calls themselves, in process: HealthRequest answers healthy
+    once the model is loaded; an operation the actor lacks is a guest error."""
+    import msgpack
+    from wasmml.wascc_host import Actor, GuestError
+    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wasmrun-cache").instantiate()
+    health = msgpack.unpackb(instance.call("HealthRequest", msgpack.packb({"placeholder": True})))
+    assert health == {"healthy": True, "message": "model 'efficientnet_lite0' loaded"}
+    with pytest.raises(GuestError, match="unknown operation 'Frobnicate'"):
+        instance.call("Frobnicate", b"")
+    with pytest.raises(GuestError, match="HandleRequest: malformed request"):
+        instance.call("HandleRequest", b"\xc1")
 
 
 def test_cat_photo_answers_a_cat_class_as_a_json_string(host):
@@ -149,7 +167,6 @@ def test_tampered_actor_is_refused(actor, actor_keys, tmp_path):
 
 
 def test_actor_signed_by_a_stranger_is_refused(actor, actor_keys, tmp_path):
-    sys.path.insert(0, str(REPO / "site_scons"))
     from wasmml import wascap
     stranger = wascap.KeyPair.generate("account")
     module = wascap.KeyPair.from_seed(actor_keys["WASCC_MODULE_SEED"])
@@ -158,3 +175,24 @@ def test_actor_signed_by_a_stranger_is_refused(actor, actor_keys, tmp_path):
                                            caps=["wascc:http_server"]))
     err = refusal(resigned, "--issuer", account_of(actor_keys))
     assert stranger.public_key in err and "not a trusted" in err
+
+
+def test_scons_serve_serves_the_built_actor_until_ctrl_c(actor, actor_keys):
+    """The documented command: `scons serve PORT=...` builds (nothing to do
+    here) and serves; Ctrl-C, sent to the whole process group as a terminal
+    does, stops the host without a traceback."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "SCons", "-Q", "serve", f"PORT={port}"], cwd=REPO,
+                            env=dict(os.environ, **actor_keys), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        banner = next((line for line in proc.stdout if line.startswith("serving")), "")
+        assert banner.startswith("serving classify"), proc.stderr.read() if proc.poll() else banner
+        status, _, body = request(port, "PUT", photo("chelsea.png"))
+        assert status == 200 and LABELS.index(json.loads(body)) in CAT_CLASSES, body
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert "Traceback" not in err, err
+    assert "PUT / 200" in err  # the host's request log
