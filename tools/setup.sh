@@ -3,7 +3,9 @@
 #   - the Debian packages of tools/debian-packages.txt (Rust for wasm32,
 #     lld, llvm, offline crate sources), with apt-get, as root;
 #   - Node.js, for the second WASI runtime the tests use;
-#   - a Python virtual environment in .venv with requirements.txt.
+#   - a Python virtual environment in .venv with requirements.txt;
+#   - the npm packages of tools/bench/package-lock.json (onnxruntime-web and
+#     TensorFlow.js's wasm backend, the peers tools/bench_inference.py measures).
 # A second run installs nothing and takes about a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,5 +55,18 @@ python_env() {
     echo "$want" > "$stamp"
 }
 
+node_packages() {
+    local stamp=tools/bench/node_modules/.package-lock.sha256
+    local want
+    want=$(sha256sum tools/bench/package-lock.json | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return
+    fi
+    say "installing the benchmark's npm packages in tools/bench/node_modules (package-lock.json)"
+    (cd tools/bench && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$want" > "$stamp"
+}
+
 debian_packages
 python_env
+node_packages
