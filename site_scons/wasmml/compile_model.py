@@ -40,6 +40,7 @@ def parse_args(argv):
     p.add_argument("--pipeline", default="fold-fuse", choices=sorted(PIPELINES))
     p.add_argument("--input-shape", action="append", default=[],
                    metavar="NAME=D0,D1,...", help="override an input's shape")
+    p.add_argument("--tuning-db", help="MetaSchedule JSON database to apply (tune_model.py)")
     p.add_argument("--quiet", action="store_true", help="no timing line")
     return p.parse_args(argv)
 
@@ -50,6 +51,10 @@ class Stages:
     def __init__(self):
         self.start = self.last = time.monotonic()
         self.times = []
+        self.notes = []
+
+    def note(self, text):
+        self.notes.append(text)
 
     def done(self, stage):
         now = time.monotonic()
@@ -57,7 +62,7 @@ class Stages:
         self.last = now
 
     def summary(self, name):
-        parts = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in self.times)
+        parts = ", ".join([f"{stage} {seconds:.1f}s" for stage, seconds in self.times] + self.notes)
         return f"  {name}: {parts} ({time.monotonic() - self.start:.1f}s)"
 
 
@@ -165,13 +170,28 @@ def wasm_target(features):
                               "mattr": mattr})
 
 
-def lower(mod, target, pipeline):
+def lower(mod, target, pipeline, tuning_db=None, stages=None):
+    """The module lowered for `target`; kernels that `tuning_db` (a
+    MetaSchedule JSON database from tune_model.py) has records for get
+    their best tuned schedule, the others stay as TVM writes them."""
     from tvm import relax
 
     with target:
         if PIPELINES[pipeline] is not None:
             mod = PIPELINES[pipeline](mod)
+        if tuning_db:
+            mod = relax.transform.MetaScheduleApplyDatabase(tuning_db)(mod)
+            if stages is not None:
+                stages.note(_tuned_kernels(mod))
         return relax.get_pipeline("default")(mod)
+
+
+def _tuned_kernels(mod):
+    import tvm
+
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    tuned = sum(1 for f in kernels if f.attrs and f.attrs.get("tirx.is_scheduled", False))
+    return f"{tuned}/{len(kernels)} kernels tuned"
 
 
 def build_object(mod, target, path):
@@ -389,7 +409,7 @@ def compile_model(args, stages):
     stages.done("imported")
     target = wasm_target(args.target_features)
     try:
-        lowered = lower(mod, target, args.pipeline)
+        lowered = lower(mod, target, args.pipeline, args.tuning_db, stages)
     except Exception as e:
         raise ModelError(f"TVM cannot lower the graph: {_first_line(e)}")
     builder = PlanBuilder()

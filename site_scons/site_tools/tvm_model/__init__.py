@@ -12,11 +12,20 @@ Builder `TVMModel(target_dir, model_json)` reads the model's metadata
 It returns those nodes in that order. The copies are separate steps, so a
 label edit never recompiles the model.
 
+Tuned kernels: when the model's directory has a MetaSchedule database for
+the target, `tuning/<features>/` (e.g. tuning/simd128/), the compile applies
+it, and its files are sources of the compile. `TVMTune(model_json)` returns
+an alias, `tune-NAME`, that tunes the model into that database
+(wasmml/tune_model.py): an explicit, resumable step, never run by a build.
+
 Construction variables (all part of the compile's signature; the first
 three can be set for one model from the command line: NAME.OPTION=VALUE):
     TVM_TARGET_FEATURES  LLVM features for wasm32 (default "+simd128")
     TVM_PIPELINE         "fold-fuse" (default) or "default" (TVM's own)
     TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json
+    TVM_TUNING           "on" (default): apply the model's tuning database
+                         if it has one; "off": TVM's untuned kernels
+    TUNE_TRIALS          trials per kernel for TVMTune (default 64)
     PYTHON               the interpreter that has TVM (default: SCons's own)
     LLVM_AR              found on PATH unless set
     TVMCOM, TVMCOMSTR    the compile command and its log line
@@ -38,6 +47,8 @@ from wasmml import toolchain
 
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
+TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
+TUNING_FILES = ("database_workload.json", "database_tuning_record.json")
 
 # What lies between $( and $) stays out of the build signature: where the
 # interpreter, llvm-ar or the checkout are does not change the artifacts, so
@@ -46,7 +57,12 @@ TVMCOM = (
     "$( $PYTHON $TVM_COMPILER $_TVM_QUIET $) --name $TVM_MODEL_NAME --meta ${SOURCES[0]} "
     "--onnx $TVM_ONNX --archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
     "--llvm-ar $( $LLVM_AR $) --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
-    "$_TVM_SHAPE_FLAGS"
+    "$_TVM_SHAPE_FLAGS $( ${'--tuning-db ' + TVM_TUNING_DB if TVM_TUNING_DB else ''} $)"
+)
+TUNECOM = (
+    "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
+    "--database $TVM_TUNING_DB --trials-per-task $TUNE_TRIALS $_TVM_SHAPE_FLAGS "
+    "--logs ${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME"
 )
 
 
@@ -77,14 +93,31 @@ def _emitter(target, source, env):
     targets = [out.File(f"lib{name}.a"), out.File(f"{name}.plan.json"), out.File(f"{name}.weights")]
     onnx = env.File("$TVM_ONNX")
     sources = [meta_node] + ([onnx] if onnx.rexists() or onnx.has_builder() else [])
+    if env["TVM_TUNING_DB"]:  # the tuned schedules are part of what is compiled
+        sources += [env.Dir(env["TVM_TUNING_DB"]).File(f) for f in TUNING_FILES]
     return targets, sources + [env.File(COMPILER)]
+
+
+def tuning_dir(env, meta_node, features):
+    """Where a model's tuning database for these target features lives:
+    beside its model.json, in tuning/<features> (tuning/simd128)."""
+    slug = "+".join(f.strip().lstrip("+") for f in features.split(",") if f.strip()) or "mvp"
+    return meta_node.srcnode().dir.Dir("tuning").Dir(slug)
+
+
+def _applied_tuning(env, meta_node, options):
+    """The tuning database the compile applies, or "" for none."""
+    if env.subst(options.get("TVM_TUNING", "$TVM_TUNING")) == "off":
+        return ""
+    db = tuning_dir(env, meta_node, env.subst(options.get("TVM_TARGET_FEATURES", "$TVM_TARGET_FEATURES")))
+    return db.abspath if os.path.exists(db.File(TUNING_FILES[1]).abspath) else ""
 
 
 def _shape_flags(shapes):
     return " ".join(f"--input-shape {s}" for s in SCons.Util.flatten(shapes or []))
 
 
-MODEL_OPTIONS = ("TVM_TARGET_FEATURES", "TVM_PIPELINE", "TVM_INPUT_SHAPES")
+MODEL_OPTIONS = ("TVM_TARGET_FEATURES", "TVM_PIPELINE", "TVM_INPUT_SHAPES", "TVM_TUNING")
 
 
 def command_line_options(name):
@@ -111,12 +144,30 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     overrides.update(command_line_options(name))
     out_dir = env.Dir(target_dir)
     onnx = _readable(meta_node.File(meta["onnx"]))
-    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, TVM_ONNX=onnx, **overrides)
+    compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, TVM_ONNX=onnx,
+                               TVM_TUNING_DB=_applied_tuning(env, meta_node, overrides), **overrides)
     nodes = list(compiled)
     nodes += env.Command(out_dir.File(f"{name}.meta.json"), meta_node, _COPY)
     if meta.get("labels"):
         nodes += env.Command(out_dir.File(f"{name}.labels.txt"), meta_node.File(meta["labels"]), _COPY)
     return nodes
+
+
+def _tune(env, model_json, **overrides):
+    """Pseudo-builder: the alias tune-NAME, which tunes the model's kernels
+    into its tuning database. Always runs when asked for; never a dependency
+    of a build."""
+    meta_node = env.File(model_json)
+    meta = read_model_json(meta_node)
+    name = meta["name"]
+    overrides.update(command_line_options(name))
+    features = env.subst(overrides.get("TVM_TARGET_FEATURES", "$TVM_TARGET_FEATURES"))
+    onnx = _readable(meta_node.File(meta["onnx"]))
+    alias = env.Alias(f"tune-{name}", [onnx], SCons.Action.Action("$TUNECOM", "$TUNECOMSTR"),
+                      TVM_MODEL_NAME=name, TVM_META=meta_node.srcnode(), TVM_ONNX=onnx,
+                      TVM_TUNING_DB=tuning_dir(env, meta_node, features), **overrides)
+    env.AlwaysBuild(alias)
+    return alias
 
 
 def _readable(node):
@@ -163,12 +214,19 @@ def generate(env):
         TVM_TARGET_FEATURES="+simd128",
         TVM_PIPELINE="fold-fuse",
         TVM_INPUT_SHAPES=[],
+        TVM_TUNING="on",
+        TVM_TUNING_DB="",
+        TVM_TUNER=TUNER,
+        TUNE_TRIALS=64,
+        TUNECOM=TUNECOM,
+        TUNECOMSTR="Tuning model $TVM_MODEL_NAME into $TVM_TUNING_DB ($TUNE_TRIALS trials a kernel)",
         _TVM_SHAPE_FLAGS="${_tvm_shape_flags(TVM_INPUT_SHAPES)}",
         _tvm_shape_flags=_shape_flags,
         # scons -s (--silent) also silences the compile's timing line.
         _TVM_QUIET="${'--quiet' if __env__.GetOption('silent') else ''}",
         TVMCOM=TVMCOM,
-        TVMCOMSTR="Compiling model $TVM_MODEL_NAME with TVM (wasm32 $TVM_TARGET_FEATURES, $TVM_PIPELINE)",
+        TVMCOMSTR="Compiling model $TVM_MODEL_NAME with TVM (wasm32 $TVM_TARGET_FEATURES, $TVM_PIPELINE"
+                  "${', tuned' if TVM_TUNING_DB else ''})",
     )
     if "LLVM_AR" not in env:
         try:
@@ -183,6 +241,7 @@ def generate(env):
         source_factory=env.File,
     )
     env.AddMethod(_model_artifacts, "TVMModel")
+    env.AddMethod(_tune, "TVMTune")
 
 
 def exists(env):

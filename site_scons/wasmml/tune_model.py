@@ -1,0 +1,112 @@
+"""Tune one model's kernels with TVM's MetaSchedule, into a tuning database
+that ordinary builds apply (compile_model.py --tuning-db).
+
+Run by `scons tune` (never implicitly). The kernels are the ones
+compile_model.py schedules: the same import and the same fold-fuse passes,
+so every tuned workload matches a kernel of the build. Candidates are
+measured natively on a proxy target with 128-bit vectors and one thread,
+the shape of wasm32 with SIMD128 in wasmtime: no parallel loops (wasm32
+modules here have no threads) and vectors of at most 4 floats.
+
+Resumable: records are appended to the database as they are measured, and
+a task that already has --trials-per-task records is not tuned again, so an
+interrupted run picks up where it stopped.
+
+    python tune_model.py --name NAME --onnx M.onnx --meta model.json --database DIR
+        [--trials-per-task 64] [--input-shape NAME=D0,...]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from wasmml import compile_model as cm  # noqa: E402
+
+# x86-64 with SSE4.2: 128-bit vectors like simd128; one core: no threads.
+PROXY_TARGET = {"kind": "llvm", "mcpu": "x86-64", "mattr": ["+sse4.2"], "num-cores": 1}
+VECTOR_LANES = 4  # f32 lanes in a 128-bit vector
+COST_MODEL = os.environ.get("WASMML_TUNE_COST_MODEL", "xgb")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--name", required=True)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--meta", required=True)
+    p.add_argument("--database", required=True, help="directory of the JSON tuning database")
+    p.add_argument("--trials-per-task", type=int, default=64)
+    p.add_argument("--logs", help="MetaSchedule's logs (default: DATABASE/../logs)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    return p.parse_args(argv)
+
+
+def kernels(args):
+    """The model as compile_model.py has it just before scheduling."""
+    import json
+
+    with open(args.meta) as f:
+        meta = json.load(f)
+    model = cm.load_onnx(args.onnx)
+    mod = cm.to_relax(model, cm.input_shapes(model, meta, args.input_shape))
+    with cm.wasm_target("+simd128"):
+        return cm.PIPELINES["fold-fuse"](mod)
+
+
+def space():
+    """MetaSchedule's LLVM search space without parallel loops."""
+    from tvm.s_tir import meta_schedule as ms
+
+    rules = [r for r in ms.schedule_rule.ScheduleRule.create("llvm")
+             if not isinstance(r, ms.schedule_rule.ParallelizeVectorizeUnroll)]
+    rules.append(ms.schedule_rule.ParallelizeVectorizeUnroll(
+        max_jobs_per_core=-1, max_vectorize_extent=4 * VECTOR_LANES,
+        unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True))
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
+
+
+def tune(args):
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    target = tvm.target.Target(PROXY_TARGET)
+    tasks = ms.relax_integration.extract_tasks(kernels(args), target)
+    os.makedirs(args.database, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=args.database)
+    todo = [t for t in tasks if _records(database, t, target) < args.trials_per_task]
+    print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned, "
+          f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
+    if not todo:
+        return
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        todo, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
+        num_threads=1)
+    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=args.database,
+                       max_trials_global=args.trials_per_task * len(todo),
+                       max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
+                       database=database, cost_model=COST_MODEL, runner=ms.runner.LocalRunner(
+                           evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
+                                                                      min_repeat_ms=20)))
+
+
+def _records(database, task, target):
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0
+    return len(database.get_top_k(database.commit_workload(mod), 1 << 30))
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    started = time.monotonic()
+    try:
+        tune(args)
+    except cm.ModelError as e:
+        print(f"error: model '{args.name}': {e}", file=sys.stderr)
+        return 1
+    print(f"  {args.name}: tuned in {time.monotonic() - started:.0f}s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

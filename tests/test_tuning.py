@@ -1,0 +1,72 @@
+"""`scons tune` tunes a model's kernels with MetaSchedule into a database
+beside its model.json, and the next build applies it: the log says
+"tuned", and the module still matches onnxruntime. Tuning is resumable and
+never part of an ordinary build.
+
+A small convolution with 4 trials per kernel keeps this to about a minute;
+tools/bench_inference.py measures what tuning buys on real models."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+TRIALS = 4
+
+
+def conv_relu_model(path):
+    rng = np.random.default_rng(7)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
+         helper.make_node("Relu", ["c"], ["y"])], "tiny_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+        [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3), dtype=np.float32), "w"),
+         numpy_helper.from_array(rng.standard_normal(16, dtype=np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.mkdir()
+    onnx.save(model, path / "tiny_conv.onnx")
+    (path / "model.json").write_text(json.dumps({
+        "name": "tiny_conv", "onnx": "tiny_conv.onnx",
+        "inputs": {"x": {"shape": [1, 8, 16, 16], "dtype": "float32"}}, "outputs": ["y"]}))
+    return model, path / "model.json"
+
+
+def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm, tmp_path):
+    model, model_json = conv_relu_model(tmp_path / "model")
+    top = tmp_path / "top"
+    top.mkdir()
+    args = [f"MODELS={model_json}", f"TUNE_TRIALS={TRIALS}"]
+
+    built = scons(*args, cwd=top)  # an ordinary build never tunes
+    assert "Tuning" not in built.stdout and ", tuned)" not in built.stdout
+
+    tuned = scons("tune", *args, cwd=top)
+    assert "Tuning model tiny_conv" in tuned.stdout, tuned.stdout
+    db = model_json.parent / "tuning" / "simd128"
+    records = (db / "database_tuning_record.json").read_text().splitlines()
+    assert len(records) >= 1, tuned.stdout
+
+    again = scons("tune", *args, cwd=top)  # resumable: what is tuned stays tuned
+    assert "tuning 0 with" in again.stdout, again.stdout
+    assert (db / "database_tuning_record.json").read_text().splitlines() == records
+
+    rebuilt = scons(*args, cwd=top)  # the database is a source of the compile
+    assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse, tuned)" in rebuilt.stdout
+    assert "1/1 kernels tuned" in rebuilt.stdout, rebuilt.stdout  # the wasm32 build found the record
+    assert not (db / "logs").exists() and not (db.parent / "logs").exists()  # logs go to build/
+
+    io = tmp_path / "io"
+    io.mkdir()
+    x = np.random.default_rng(3).standard_normal((1, 8, 16, 16), dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(top / "build" / "tiny_conv" / "run-model.wasm", io)
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
+    expected = onnxruntime.InferenceSession(model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+    untuned = scons(*args, "TVM_TUNING=off", cwd=top)  # the option turns it off again
+    assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse)" in untuned.stdout
