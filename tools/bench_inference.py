@@ -82,6 +82,8 @@ class Model:
         self.dir = OUT / "build" / name
         self.wasm = self.dir / "run-model.wasm"
         self.plan = json.loads((self.dir / f"{name}.plan.json").read_text())
+        db = Path(model_json).parent / "tuning" / "simd128"  # what the build applied, if anything
+        self.tuning_db = str(db) if (db / "database_tuning_record.json").exists() else None
 
 
 # --- the engines: each returns (times in ms, output) ---------------------------
@@ -131,7 +133,7 @@ def tvm_native(model, x, runs):
     shapes = {model.input: model.shape}
     mod = cm.to_relax(onnx.load(str(model.onnx)), shapes)
     target = tvm.target.Target.from_device(tvm.cpu())  # LLVM for this CPU, not a generic x86
-    lowered = cm.lower(mod, target, "fold-fuse")
+    lowered = cm.lower(mod, target, "fold-fuse", model.tuning_db)  # the same schedules as ours
     vm = relax.VirtualMachine(relax.build(lowered, target, relax_pipeline=None), tvm.cpu())
     arg = tvm.runtime.tensor(x)
     times = []
@@ -234,7 +236,8 @@ def main():
     build(jsons.values())
     for name, model_json in jsons.items():
         model = Model(name, model_json)
-        print(f"\n## {name} ({ns.runs} runs per engine, input {model.shape})\n", flush=True)
+        tuned = "tuned kernels" if model.tuning_db else "untuned kernels"
+        print(f"\n## {name} ({ns.runs} runs per engine, input {model.shape}, {tuned})\n", flush=True)
         results, ours = measure(model, ns.runs)
         check_outputs(model, results)
         print()

@@ -72,7 +72,7 @@ def tune(args):
     target = tvm.target.Target(PROXY_TARGET)
     tasks = ms.relax_integration.extract_tasks(kernels(args), target)
     os.makedirs(args.database, exist_ok=True)
-    database = ms.database.JSONDatabase(work_dir=args.database)
+    database = open_database(args.database)
     todo = [t for t in tasks if _records(database, t, target) < args.trials_per_task]
     print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned, "
           f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
@@ -87,6 +87,42 @@ def tune(args):
                        database=database, cost_model=COST_MODEL, runner=ms.runner.LocalRunner(
                            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
                                                                       min_repeat_ms=20)))
+    open_database(args.database)  # prunes what this run added and cannot be replayed
+
+
+def open_database(path):
+    """The JSON database at `path`, after dropping the records whose trace
+    TVM cannot replay on their workload: MetaSchedule measures and stores
+    them (seen for the global-average-pool reduction), but loading a
+    database with one of them fails as a whole, which would fail the build."""
+    import shutil
+    import tempfile
+
+    from tvm.s_tir import meta_schedule as ms
+
+    records = os.path.join(path, "database_tuning_record.json")
+    lines = open(records).read().splitlines() if os.path.exists(records) else []
+    try:
+        return ms.database.JSONDatabase(work_dir=path)
+    except Exception:  # noqa: BLE001 -- TVM raises RuntimeError or its own kinds
+        pass
+    kept = []
+    with tempfile.TemporaryDirectory() as scratch:
+        shutil.copy(os.path.join(path, "database_workload.json"), scratch)
+        for line in lines:
+            with open(os.path.join(scratch, "database_tuning_record.json"), "w") as f:
+                f.write(line + "\n")
+            try:
+                ms.database.JSONDatabase(work_dir=scratch)
+            except Exception:  # noqa: BLE001
+                continue
+            kept.append(line)
+    print(f"  dropped {len(lines) - len(kept)} of {len(lines)} records that TVM cannot replay",
+          flush=True)
+    with open(records + ".tmp", "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(records + ".tmp", records)
+    return ms.database.JSONDatabase(work_dir=path)
 
 
 def _records(database, task, target):
