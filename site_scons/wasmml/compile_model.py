@@ -135,6 +135,9 @@ def _fold_fuse(mod):
     from tvm import relax, transform
 
     return transform.Sequential([
+        # batch norm as a multiply and an add of constants: folded, then
+        # fused into the convolution before it instead of a kernel of its own
+        relax.transform.DecomposeOpsForInference(),
         relax.transform.LegalizeOps(),
         relax.transform.FoldConstant(),
         relax.transform.AnnotateTIROpPattern(),
