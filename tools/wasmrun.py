@@ -26,7 +26,7 @@ import wasmtime
 # the compiled-module cache is shared with the waSCC host, in site_scons/wasmml
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "site_scons"))
-from wasmml.wasmcache import load_module  # noqa: E402
+from wasmml.wasmcache import default_dir, load_module  # noqa: E402
 
 TRAP_EXIT = 134  # 128 + SIGABRT, what the wasmtime CLI exits with on a trap
 LOAD_EXIT = 2
@@ -62,8 +62,7 @@ def parse_args(argv):
     p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                    help="NAME alone copies the host's value")
     p.add_argument("--cache", metavar="DIR", help="default: $WASMRUN_CACHE or ~/.cache/wasmrun",
-                   default=os.environ.get("WASMRUN_CACHE")
-                   or os.path.join(os.path.expanduser("~"), ".cache", "wasmrun"))
+                   default=default_dir())
     p.add_argument("--no-cache", dest="cache", action="store_const", const=None)
     p.add_argument("--node", action="store_true", help="run under Node's node:wasi")
     p.add_argument("module", metavar="MODULE.wasm")

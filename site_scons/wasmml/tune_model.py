@@ -73,7 +73,7 @@ def tune(args):
     tasks = ms.relax_integration.extract_tasks(kernels(args), target)
     os.makedirs(args.database, exist_ok=True)
     database = open_database(args.database)
-    todo = [t for t in tasks if _records(database, t, target) < args.trials_per_task]
+    todo = [t for t in tasks if _records(database, t) < args.trials_per_task]
     print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned, "
           f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
     if not todo:
@@ -100,12 +100,13 @@ def open_database(path):
 
     from tvm.s_tir import meta_schedule as ms
 
-    records = os.path.join(path, "database_tuning_record.json")
-    lines = open(records).read().splitlines() if os.path.exists(records) else []
     try:
         return ms.database.JSONDatabase(work_dir=path)
     except Exception:  # noqa: BLE001 -- TVM raises RuntimeError or its own kinds
         pass
+    records = os.path.join(path, "database_tuning_record.json")
+    with open(records) as f:
+        lines = f.read().splitlines()
     kept = []
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(os.path.join(path, "database_workload.json"), scratch)
@@ -125,7 +126,7 @@ def open_database(path):
     return ms.database.JSONDatabase(work_dir=path)
 
 
-def _records(database, task, target):
+def _records(database, task):
     mod = task.dispatched[0]
     if not database.has_workload(mod):
         return 0

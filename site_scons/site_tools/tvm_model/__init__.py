@@ -98,18 +98,23 @@ def _emitter(target, source, env):
     return targets, sources + [env.File(COMPILER)]
 
 
-def tuning_dir(env, meta_node, features):
+def tuning_dir(meta_node, features):
     """Where a model's tuning database for these target features lives:
     beside its model.json, in tuning/<features> (tuning/simd128)."""
     slug = "+".join(f.strip().lstrip("+") for f in features.split(",") if f.strip()) or "mvp"
     return meta_node.srcnode().dir.Dir("tuning").Dir(slug)
 
 
+def _option(env, options, name):
+    """A compile option's value for one model: its override, else the env's."""
+    return env.subst(options.get(name, "$" + name))
+
+
 def _applied_tuning(env, meta_node, options):
     """The tuning database the compile applies, or "" for none."""
-    if env.subst(options.get("TVM_TUNING", "$TVM_TUNING")) == "off":
+    if _option(env, options, "TVM_TUNING") == "off":
         return ""
-    db = tuning_dir(env, meta_node, env.subst(options.get("TVM_TARGET_FEATURES", "$TVM_TARGET_FEATURES")))
+    db = tuning_dir(meta_node, _option(env, options, "TVM_TARGET_FEATURES"))
     return db.abspath if os.path.exists(db.File(TUNING_FILES[1]).abspath) else ""
 
 
@@ -138,12 +143,9 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     """Pseudo-builder: compiles one model and copies its metadata and labels
     beside the artifacts. Returns [archive, plan, weights, meta, labels?].
     Options: the environment's, then `overrides`, then the command line's."""
-    meta_node = env.File(model_json)
-    meta = read_model_json(meta_node)
+    meta_node, meta, onnx = _model(env, model_json, overrides)
     name = meta["name"]
-    overrides.update(command_line_options(name))
     out_dir = env.Dir(target_dir)
-    onnx = _readable(meta_node.File(meta["onnx"]))
     compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, TVM_ONNX=onnx,
                                TVM_TUNING_DB=_applied_tuning(env, meta_node, overrides), **overrides)
     nodes = list(compiled)
@@ -157,17 +159,23 @@ def _tune(env, model_json, **overrides):
     """Pseudo-builder: the alias tune-NAME, which tunes the model's kernels
     into its tuning database. Always runs when asked for; never a dependency
     of a build."""
-    meta_node = env.File(model_json)
-    meta = read_model_json(meta_node)
+    meta_node, meta, onnx = _model(env, model_json, overrides)
     name = meta["name"]
-    overrides.update(command_line_options(name))
-    features = env.subst(overrides.get("TVM_TARGET_FEATURES", "$TVM_TARGET_FEATURES"))
-    onnx = _readable(meta_node.File(meta["onnx"]))
+    db = tuning_dir(meta_node, _option(env, overrides, "TVM_TARGET_FEATURES"))
     alias = env.Alias(f"tune-{name}", [onnx], SCons.Action.Action("$TUNECOM", "$TUNECOMSTR"),
                       TVM_MODEL_NAME=name, TVM_META=meta_node.srcnode(), TVM_ONNX=onnx,
-                      TVM_TUNING_DB=tuning_dir(env, meta_node, features), **overrides)
+                      TVM_TUNING_DB=db, **overrides)
     env.AlwaysBuild(alias)
     return alias
+
+
+def _model(env, model_json, overrides):
+    """(model.json node, its metadata, the ONNX file's node) of one model;
+    adds the command line's options for it to `overrides`."""
+    meta_node = env.File(model_json)
+    meta = read_model_json(meta_node)
+    overrides.update(command_line_options(meta["name"]))
+    return meta_node, meta, _readable(meta_node.File(meta["onnx"]))
 
 
 def _readable(node):
