@@ -19,6 +19,7 @@ BENCH = REPO / "tools" / "bench"
 ONNX = REPO / "models" / "efficientnet_lite0" / "efficientnet_lite0.onnx"
 SHAPE = [1, 3, 224, 224]
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO / "models" / "resnet50"))
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,9 @@ def test_tfjs_graph_names_an_operator_it_cannot_convert(tmp_path):
 
 
 def test_generated_resnet50_has_resnet50s_shape():
-    import resnet50
+    import make_onnx
 
-    model = resnet50.resnet50()
+    model = make_onnx.resnet50()
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     params = sum(np.prod(t.dims) for t in model.graph.initializer
                  if not t.name.split(".")[-1] in ("scale", "bias", "mean", "var"))

@@ -48,6 +48,10 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     db = model_json.parent / "tuning" / "simd128"
     records = (db / "database_tuning_record.json").read_text().splitlines()
     assert len(records) >= 1, tuned.stdout
+    for record in map(json.loads, records):  # every candidate ran in wasmtime, none failed
+        trace, run_secs, target, _ = record[1]
+        assert target["mtriple"] == "wasm32-unknown-unknown-wasm", target
+        assert 0 < max(run_secs) < 1, (run_secs, tuned.stdout)  # failed runs are 1e10
 
     again = scons("tune", *args, cwd=top)  # resumable: what is tuned stays tuned
     assert "tuning 0 with" in again.stdout, again.stdout

@@ -4,7 +4,7 @@ would otherwise pick, measured side by side in one run on the same input.
     .venv/bin/python tools/bench_inference.py [--models efficientnet_lite0,resnet50] [--runs 10]
 
 For each model (the bundled EfficientNet-Lite0, and ResNet50 with seeded
-random weights made by tools/bench/resnet50.py), one thread everywhere:
+random weights made by models/resnet50/make_onnx.py), one thread everywhere:
   - onnxruntime, native;
   - onnxruntime-web's WebAssembly backend (SIMD) under Node;
   - TensorFlow.js's WebAssembly backend (SIMD) under Node, on the same graph
@@ -37,11 +37,13 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "tools" / "bench"
 OUT = REPO / "build" / "bench"
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(REPO / "models" / "resnet50"))
 sys.path.insert(0, str(REPO / "site_scons"))
+from wasmml.compile_model import tuning_slug  # noqa: E402
 
 MODELS = {
     "efficientnet_lite0": lambda: REPO / "models" / "efficientnet_lite0" / "model.json",
-    "resnet50": lambda: Path(__import__("resnet50").write(str(OUT / "resnet50"))),
+    "resnet50": lambda: Path(__import__("make_onnx").write()),
 }
 # Our median over each engine's, printed as a ratio. Outputs must agree
 # with native onnxruntime within this, relative to the largest logit.
@@ -52,6 +54,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--features", default="+simd128",
+                   help="wasm features of our module (TVM_TARGET_FEATURES), e.g. +simd128,+relaxed-simd")
     ns = p.parse_args()
     ns.models = [m.strip() for m in ns.models.split(",") if m.strip()]
     unknown = [m for m in ns.models if m not in MODELS]
@@ -62,18 +66,18 @@ def parse_args():
     return ns
 
 
-def build(model_jsons):
+def build(model_jsons, features):
     """run-model.wasm for each model, with the plugin, into build/bench/NAME/."""
     OUT.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(Path(sys.executable).with_name("scons")), "-Q", "-C", str(OUT),
                     "-f", str(REPO / "tests" / "project" / "SConstruct"),
                     "--site-dir", str(REPO / "site_scons"),
-                    f"CARGO_TARGET_DIR={REPO / 'build' / 'cargo'}",
+                    f"CARGO_TARGET_DIR={REPO / 'build' / 'cargo'}", f"TVM_TARGET_FEATURES={features}",
                     "MODELS=" + ",".join(str(p) for p in model_jsons)], check=True)
 
 
 class Model:
-    def __init__(self, name, model_json):
+    def __init__(self, name, model_json, features):
         meta = json.loads(Path(model_json).read_text())
         self.name = name
         self.onnx = Path(model_json).parent / meta["onnx"]
@@ -82,7 +86,8 @@ class Model:
         self.dir = OUT / "build" / name
         self.wasm = self.dir / "run-model.wasm"
         self.plan = json.loads((self.dir / f"{name}.plan.json").read_text())
-        db = Path(model_json).parent / "tuning" / "simd128"  # what the build applied, if anything
+        # the database the build applied, if any (tvm_model's tuning_dir)
+        db = Path(model_json).parent / "tuning" / tuning_slug(features)
         self.tuning_db = str(db) if (db / "database_tuning_record.json").exists() else None
 
 
@@ -233,9 +238,9 @@ def table(results):
 def main():
     ns = parse_args()
     jsons = {name: MODELS[name]() for name in ns.models}
-    build(jsons.values())
+    build(jsons.values(), ns.features)
     for name, model_json in jsons.items():
-        model = Model(name, model_json)
+        model = Model(name, model_json, ns.features)
         tuned = "tuned kernels" if model.tuning_db else "untuned kernels"
         print(f"\n## {name} ({ns.runs} runs per engine, input {model.shape}, {tuned})\n", flush=True)
         results, ours = measure(model, ns.runs)

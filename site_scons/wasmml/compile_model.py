@@ -173,6 +173,12 @@ def wasm_target(features):
                               "mattr": mattr})
 
 
+def tuning_slug(features):
+    """The directory name of a tuning database for these wasm features:
+    "+simd128" -> simd128, "+simd128,+relaxed-simd" -> simd128+relaxed-simd."""
+    return "+".join(f.strip().lstrip("+") for f in features.split(",") if f.strip()) or "mvp"
+
+
 def lower(mod, target, pipeline, tuning_db=None, stages=None):
     """The module lowered for `target`; kernels that `tuning_db` (a
     MetaSchedule JSON database from tune_model.py) has records for get
@@ -183,10 +189,55 @@ def lower(mod, target, pipeline, tuning_db=None, stages=None):
         if PIPELINES[pipeline] is not None:
             mod = PIPELINES[pipeline](mod)
         if tuning_db:
-            mod = relax.transform.MetaScheduleApplyDatabase(tuning_db)(mod)
+            with best_schedules(tuning_db):
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             if stages is not None:
                 stages.note(_tuned_kernels(mod))
         return relax.get_pipeline("default")(mod)
+
+
+def best_schedules(path):
+    """An in-memory database holding only the fastest record of each kernel
+    in the JSON database at `path`.
+
+    TVM's own JSONDatabase replays every record's trace while it loads, on
+    several threads, and that once failed at random inside TVM
+    (parallel_for_dynamic: "old_outputs.size() == new_outputs.size()"). Here
+    one thread replays one record per kernel, so a build is deterministic
+    and does not pay for the records that lost."""
+    from tvm.s_tir import meta_schedule as ms
+
+    workloads = _json_lines(os.path.join(path, "database_workload.json"), "workload")
+    best = {}
+    for index, record in _json_lines(os.path.join(path, "database_tuning_record.json"),
+                                     "tuning record"):
+        seconds = _mean_run_seconds(record)
+        if seconds is not None and (index not in best or seconds < best[index][0]):
+            best[index] = (seconds, record)
+    database = ms.database.MemoryDatabase()
+    for index, (_, record) in sorted(best.items()):
+        workload = ms.database.Workload.from_json(workloads[index])
+        database.commit_workload(workload.mod)
+        database.commit_tuning_record(ms.database.TuningRecord.from_json(record, workload))
+    return database
+
+
+def _json_lines(path, what):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a readable {what} file ({_first_line(e)})")
+
+
+def _mean_run_seconds(record):
+    """Mean measured time of a record, None for a failed measurement."""
+    run_secs = record[1] if len(record) > 1 else None
+    if not run_secs:
+        return None
+    seconds = [float(s) for s in run_secs]
+    mean = sum(seconds) / len(seconds)
+    return mean if mean < 1e9 else None  # MetaSchedule writes 1e10 for a failed run
 
 
 def _tuned_kernels(mod):

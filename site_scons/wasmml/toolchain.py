@@ -1,6 +1,7 @@
 """Toolchain discovery, in one place: a rustc whose sysroot has a wasm32
 standard library, the cargo and rustdoc beside it, the WASI target's name for
-that rustc, Debian's offline crate registry if there is one, and llvm-ar.
+that rustc, Debian's offline crate registry if there is one, llvm-ar, and
+the wasm linker that measures kernels while tuning.
 
 Nothing here imports SCons, so tests and scripts can use it too.
 """
@@ -139,6 +140,25 @@ def find_llvm_ar():
             return path
     raise ToolchainError("llvm-ar not found: apt-get install llvm (it writes the archive "
                          "symbol index that wasm-ld needs)")
+
+
+@functools.lru_cache(maxsize=None)
+def find_wasm_ld():
+    """The command that links wasm32 objects into a module: wasm-ld on PATH
+    (Debian's lld, which the wasm32 targets of Debian's rustc link with),
+    else the rust-lld shipped with the found rustc."""
+    wasm_ld = shutil.which("wasm-ld")
+    if wasm_ld:
+        return [wasm_ld]
+    rustc = find_rust().rustc
+    sysroot = _run([rustc, "--print", "sysroot"])
+    host = next((line.split(":", 1)[1].strip() for line in (_run([rustc, "-vV"]) or "").splitlines()
+                 if line.startswith("host:")), None)
+    lld = os.path.join(sysroot or "", "lib", "rustlib", host or "", "bin", "rust-lld")
+    if sysroot and host and os.path.isfile(lld):
+        return [lld, "-flavor", "wasm"]
+    raise ToolchainError(f"no wasm linker: neither wasm-ld on PATH nor rust-lld beside {rustc} "
+                         "(apt-get install lld)")
 
 
 def offline_registry():

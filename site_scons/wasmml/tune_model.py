@@ -3,10 +3,16 @@ that ordinary builds apply (compile_model.py --tuning-db).
 
 Run by `scons tune` (never implicitly). The kernels are the ones
 compile_model.py schedules: the same import and the same fold-fuse passes,
-so every tuned workload matches a kernel of the build. Candidates are
-measured natively on a proxy target with 128-bit vectors and one thread,
-the shape of wasm32 with SIMD128 in wasmtime: no parallel loops (wasm32
-modules here have no threads) and vectors of at most 4 floats.
+so every tuned workload matches a kernel of the build. The search space has
+no parallel loops (wasm32 modules here have no threads) and vectors of at
+most 4 floats (SIMD128).
+
+Candidates are measured where they will run (--measure wasmtime, the
+default): each is compiled for wasm32 with the build's features, linked
+into a module of its own and timed in wasmtime (wasm_measure.py).
+--measure native times them instead on a native proxy target with 128-bit
+vectors, which is faster to tune but ranks them by LLVM's x86 code, not
+by what Cranelift makes of the wasm.
 
 Resumable: records are appended to the database as they are measured, and
 a task that already has --trials-per-task records is not tuned again, so an
@@ -38,6 +44,10 @@ def parse_args(argv):
     p.add_argument("--trials-per-task", type=int, default=64)
     p.add_argument("--logs", help="MetaSchedule's logs (default: DATABASE/../logs)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    p.add_argument("--target-features", default="+simd128",
+                   help="wasm features of the build the database is for")
+    p.add_argument("--measure", choices=("wasmtime", "native"), default="wasmtime",
+                   help="where candidates are timed (default: wasmtime)")
     return p.parse_args(argv)
 
 
@@ -49,7 +59,7 @@ def kernels(args):
         meta = json.load(f)
     model = cm.load_onnx(args.onnx)
     mod = cm.to_relax(model, cm.input_shapes(model, meta, args.input_shape))
-    with cm.wasm_target("+simd128"):
+    with cm.wasm_target(args.target_features):
         return cm.PIPELINES["fold-fuse"](mod)
 
 
@@ -69,7 +79,7 @@ def tune(args):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    target = tvm.target.Target(PROXY_TARGET)
+    target, builder, runner = _measurement(args)
     tasks = ms.relax_integration.extract_tasks(kernels(args), target)
     os.makedirs(args.database, exist_ok=True)
     database = open_database(args.database)
@@ -84,10 +94,28 @@ def tune(args):
     ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=args.database,
                        max_trials_global=args.trials_per_task * len(todo),
                        max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
-                       database=database, cost_model=COST_MODEL, runner=ms.runner.LocalRunner(
-                           evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1,
-                                                                      min_repeat_ms=20)))
+                       database=database, cost_model=COST_MODEL, builder=builder, runner=runner)
     open_database(args.database)  # prunes what this run added and cannot be replayed
+
+
+def _measurement(args):
+    """(target to tune for, MetaSchedule builder, runner) for --measure."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    if args.measure == "native":
+        return (tvm.target.Target(PROXY_TARGET), "local", ms.runner.LocalRunner(
+            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)))
+    from wasmml import wasm_measure
+
+    # the builder's worker processes unpickle export_wasm by its module name
+    site = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (site, os.environ.get("PYTHONPATH")) if p)
+    target = tvm.target.Target(dict(cm.wasm_target(args.target_features).export(), **{"num-cores": 1}))
+    return (target, ms.builder.LocalBuilder(
+        f_build=wasm_measure.build_kernel, f_export=wasm_measure.export_wasm),
+            wasm_measure.runner(number=3, repeat=1, min_repeat_ms=20))
 
 
 def open_database(path):

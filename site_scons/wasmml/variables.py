@@ -18,6 +18,9 @@ def plugin_variables(arguments):
     variables.Add(EnumVariable("TVM_TUNING", "apply the model's tuning database (models/NAME/tuning/)",
                                "on", allowed_values=("on", "off")))
     variables.Add("TUNE_TRIALS", "`scons tune`: measured candidates per kernel", "64")
+    variables.Add(EnumVariable(
+        "TUNE_MEASURE", "`scons tune`: where candidates are timed", "wasmtime",
+        allowed_values=("wasmtime", "native")))
     variables.Add("CARGO_TARGET_DIR", "cargo's target directory", "#build/cargo")
     variables.Add(PathVariable("CACHE_DIR", "shared build cache (SCons CacheDir); also $WASMML_CACHE_DIR",
                                os.environ.get("WASMML_CACHE_DIR", ""), PathVariable.PathAccept))

@@ -26,6 +26,8 @@ three can be set for one model from the command line: NAME.OPTION=VALUE):
     TVM_TUNING           "on" (default): apply the model's tuning database
                          if it has one; "off": TVM's untuned kernels
     TUNE_TRIALS          trials per kernel for TVMTune (default 64)
+    TUNE_MEASURE         where TVMTune times candidates: "wasmtime" (default)
+                         or "native" (an x86 proxy with 128-bit vectors)
     PYTHON               the interpreter that has TVM (default: SCons's own)
     LLVM_AR              found on PATH unless set
     TVMCOM, TVMCOMSTR    the compile command and its log line
@@ -43,7 +45,7 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Util
 
-from wasmml import toolchain
+from wasmml import compile_model, toolchain
 
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
@@ -62,6 +64,7 @@ TVMCOM = (
 TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
     "--database $TVM_TUNING_DB --trials-per-task $TUNE_TRIALS $_TVM_SHAPE_FLAGS "
+    "--target-features $TVM_TARGET_FEATURES --measure $TUNE_MEASURE "
     "--logs ${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME"
 )
 
@@ -101,8 +104,7 @@ def _emitter(target, source, env):
 def tuning_dir(meta_node, features):
     """Where a model's tuning database for these target features lives:
     beside its model.json, in tuning/<features> (tuning/simd128)."""
-    slug = "+".join(f.strip().lstrip("+") for f in features.split(",") if f.strip()) or "mvp"
-    return meta_node.srcnode().dir.Dir("tuning").Dir(slug)
+    return meta_node.srcnode().dir.Dir("tuning").Dir(compile_model.tuning_slug(features))
 
 
 def _option(env, options, name):
@@ -226,6 +228,7 @@ def generate(env):
         TVM_TUNING_DB="",
         TVM_TUNER=TUNER,
         TUNE_TRIALS=64,
+        TUNE_MEASURE="wasmtime",
         TUNECOM=TUNECOM,
         TUNECOMSTR="Tuning model $TVM_MODEL_NAME into $TVM_TUNING_DB ($TUNE_TRIALS trials a kernel)",
         _TVM_SHAPE_FLAGS="${_tvm_shape_flags(TVM_INPUT_SHAPES)}",

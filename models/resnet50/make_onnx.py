@@ -4,9 +4,11 @@ not depend on the weights, and the layers, shapes and operators are those of
 the torchvision export (Conv, BatchNormalization, Relu, MaxPool, Add,
 GlobalAveragePool, Flatten, Gemm; opset 13).
 
-    python tools/bench/resnet50.py OUT_DIR    # OUT_DIR/resnet50.onnx and model.json
+    python models/resnet50/make_onnx.py     # models/resnet50/resnet50.onnx (about 100 MB)
+
+The file is not in the repository (git-ignored): tools/bench_inference.py
+makes it when it is missing. The same seed gives the same file.
 """
-import json
 import os
 import sys
 
@@ -84,28 +86,24 @@ def resnet50(seed=0):
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
-                              producer_name="wasm-ml tools/bench/resnet50.py")
+                              producer_name="wasm-ml models/resnet50/make_onnx.py")
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
 
 
-def write(out_dir):
-    """OUT_DIR/resnet50.onnx and a model.json the plugin compiles; returns
-    the model.json path. Skips the work when the files are there."""
-    os.makedirs(out_dir, exist_ok=True)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def write(out_dir=HERE):
+    """OUT_DIR/resnet50.onnx, unless it is there; returns the model.json
+    beside this script (whose "onnx" names that file)."""
     onnx_path = os.path.join(out_dir, "resnet50.onnx")
-    meta_path = os.path.join(out_dir, "model.json")
     if not os.path.exists(onnx_path):
         onnx.save(resnet50(), onnx_path + ".tmp")
         os.replace(onnx_path + ".tmp", onnx_path)
-    meta = {"name": "resnet50", "onnx": "resnet50.onnx",
-            "inputs": {"input": {"shape": [1, 3, 224, 224], "dtype": "float32"}},
-            "outputs": ["logits"]}
-    with open(meta_path, "w") as f:
-        json.dump(meta, f, indent=1)
-    return meta_path
+    return os.path.join(HERE, "model.json")
 
 
 if __name__ == "__main__":
-    print(write(sys.argv[1]))
+    print(write(*sys.argv[1:2]))
