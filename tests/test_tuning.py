@@ -61,6 +61,11 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse, tuned)" in rebuilt.stdout
     assert "1/1 kernels tuned" in rebuilt.stdout, rebuilt.stdout  # the wasm32 build found the record
     assert not (db / "logs").exists() and not (db.parent / "logs").exists()  # logs go to build/
+    elsewhere = tmp_path / "elsewhere"  # a tuned build is reproducible
+    elsewhere.mkdir()
+    archive = "build/tiny_conv/libtiny_conv.a"
+    scons(f"MODELS={model_json}", archive, cwd=elsewhere)
+    assert (elsewhere / archive).read_bytes() == (top / archive).read_bytes()
 
     io = tmp_path / "io"
     io.mkdir()

@@ -147,7 +147,16 @@ def _fold_fuse(mod):
     ])(mod)
 
 
-PIPELINES = {"default": None, "fold-fuse": _fold_fuse}
+def _fold_fuse_prepack(mod):
+    """fold-fuse, with the weights marked free to change layout: a tuned
+    schedule may then read them in the order its loops want, and the build
+    rewrites the constant weights into that layout (lower())."""
+    from tvm import relax
+
+    return relax.transform.AttachAttrLayoutFreeBuffers()(_fold_fuse(mod))
+
+
+PIPELINES = {"default": None, "fold-fuse": _fold_fuse, "prepack": _fold_fuse_prepack}
 
 
 def to_relax(model, shapes):
@@ -193,6 +202,10 @@ def lower(mod, target, pipeline, tuning_db=None, stages=None):
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
             if stages is not None:
                 stages.note(_tuned_kernels(mod))
+        if pipeline == "prepack":  # the weights' layout rewrites, folded into new constants
+            mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+            mod = relax.transform.FoldConstant()(mod)
+            mod = relax.transform.DeadCodeElimination()(mod)
         return relax.get_pipeline("default")(mod)
 
 

@@ -46,6 +46,8 @@ def parse_args(argv):
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     p.add_argument("--target-features", default="+simd128",
                    help="wasm features of the build the database is for")
+    p.add_argument("--pipeline", default="fold-fuse", choices=sorted(set(cm.PIPELINES) - {"default"}),
+                   help="the compile pipeline the database is for")
     p.add_argument("--measure", choices=("wasmtime", "native"), default="wasmtime",
                    help="where candidates are timed (default: wasmtime)")
     return p.parse_args(argv)
@@ -60,7 +62,7 @@ def kernels(args):
     model = cm.load_onnx(args.onnx)
     mod = cm.to_relax(model, cm.input_shapes(model, meta, args.input_shape))
     with cm.wasm_target(args.target_features):
-        return cm.PIPELINES["fold-fuse"](mod)
+        return cm.PIPELINES[args.pipeline](mod)
 
 
 def space():
@@ -98,24 +100,30 @@ def tune(args):
     open_database(args.database)  # prunes what this run added and cannot be replayed
 
 
+# Each build batch starts fresh worker processes that import TVM: on a busy
+# machine that takes a while, and a build timeout counts as a failed trial.
+BUILD_TIMEOUT_S = 120
+
+
 def _measurement(args):
     """(target to tune for, MetaSchedule builder, runner) for --measure."""
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     if args.measure == "native":
-        return (tvm.target.Target(PROXY_TARGET), "local", ms.runner.LocalRunner(
-            evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)))
+        return (tvm.target.Target(PROXY_TARGET), ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+                ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+                    number=3, repeat=1, min_repeat_ms=20)))
     from wasmml import wasm_measure
 
-    # the builder's worker processes unpickle export_wasm by its module name
+    # the builder's worker processes unpickle build_kernel by its module name
     site = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (site, os.environ.get("PYTHONPATH")) if p)
     target = tvm.target.Target(dict(cm.wasm_target(args.target_features).export(), **{"num-cores": 1}))
-    return (target, ms.builder.LocalBuilder(
-        f_build=wasm_measure.build_kernel, f_export=wasm_measure.export_wasm),
-            wasm_measure.runner(number=3, repeat=1, min_repeat_ms=20))
+    builder = ms.builder.LocalBuilder(f_build=wasm_measure.build_kernel,
+                                      f_export=wasm_measure.export_wasm, timeout_sec=BUILD_TIMEOUT_S)
+    return target, builder, wasm_measure.runner(number=3, repeat=1, min_repeat_ms=20)
 
 
 def open_database(path):

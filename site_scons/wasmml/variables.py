@@ -14,7 +14,7 @@ def plugin_variables(arguments):
     variables = Variables(None, arguments)
     variables.Add("TVM_TARGET_FEATURES", "LLVM features of the wasm32 kernels", "+simd128")
     variables.Add(EnumVariable("TVM_PIPELINE", "model optimisation pipeline", "fold-fuse",
-                               allowed_values=("fold-fuse", "default")))
+                               allowed_values=("fold-fuse", "prepack", "default")))
     variables.Add(EnumVariable("TVM_TUNING", "apply the model's tuning database (models/NAME/tuning/)",
                                "on", allowed_values=("on", "off")))
     variables.Add("TUNE_TRIALS", "`scons tune`: measured candidates per kernel", "64")

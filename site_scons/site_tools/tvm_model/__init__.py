@@ -64,7 +64,7 @@ TVMCOM = (
 TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
     "--database $TVM_TUNING_DB --trials-per-task $TUNE_TRIALS $_TVM_SHAPE_FLAGS "
-    "--target-features $TVM_TARGET_FEATURES --measure $TUNE_MEASURE "
+    "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
     "--logs ${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME"
 )
 
