@@ -79,3 +79,29 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
 
     untuned = scons(*args, "TVM_TUNING=off", cwd=top)  # the option turns it off again
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse)" in untuned.stdout
+
+
+def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, run_wasm, tmp_path):
+    model, model_json = conv_relu_model(tmp_path / "model")
+    top = tmp_path / "top"
+    top.mkdir()
+    args = [f"MODELS={model_json}", f"TUNE_TRIALS={TRIALS}", "TVM_PIPELINE=prepack"]
+    scons("tune", *args, cwd=top)
+    built = scons(*args, cwd=top)
+    assert "(wasm32 +simd128, prepack, tuned)" in built.stdout and "1/1 kernels tuned" in built.stdout
+
+    plan = json.loads((top / "build" / "tiny_conv" / "tiny_conv.plan.json").read_text())
+    assert [k.endswith("_prepacked") for k in plan["kernels"]] == [True], plan["kernels"]
+    weights = [t["shape"] for t in plan["tensors"] if t["region"] == "weights"]
+    assert [16, 8, 3, 3] not in weights, weights  # the OIHW filter was rewritten at build time
+    assert sum(np.prod(s) for s in weights) >= 16 * 8 * 3 * 3 + 16
+
+    io = tmp_path / "io"
+    io.mkdir()
+    x = np.random.default_rng(4).standard_normal((1, 8, 16, 16), dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(top / "build" / "tiny_conv" / "run-model.wasm", io)
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
+    expected = onnxruntime.InferenceSession(model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

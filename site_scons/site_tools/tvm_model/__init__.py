@@ -21,7 +21,9 @@ an alias, `tune-NAME`, that tunes the model into that database
 Construction variables (all part of the compile's signature; the first
 three can be set for one model from the command line: NAME.OPTION=VALUE):
     TVM_TARGET_FEATURES  LLVM features for wasm32 (default "+simd128")
-    TVM_PIPELINE         "fold-fuse" (default) or "default" (TVM's own)
+    TVM_PIPELINE         "fold-fuse" (default), "prepack" (fold-fuse, and the
+                         weights rewritten at build time into the layout the
+                         tuned kernels read) or "default" (TVM's own)
     TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json
     TVM_TUNING           "on" (default): apply the model's tuning database
                          if it has one; "off": TVM's untuned kernels
