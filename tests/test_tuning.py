@@ -34,6 +34,17 @@ def conv_relu_model(path):
     return model, path / "model.json"
 
 
+def assert_matches_onnxruntime(run_wasm, wasm, model, io):
+    io.mkdir()
+    x = np.random.default_rng(3).standard_normal((1, 8, 16, 16), dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(wasm, io)
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
+    expected = onnxruntime.InferenceSession(model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
 def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm, tmp_path):
     model, model_json = conv_relu_model(tmp_path / "model")
     top = tmp_path / "top"
@@ -67,15 +78,8 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     scons(f"MODELS={model_json}", archive, cwd=elsewhere)
     assert (elsewhere / archive).read_bytes() == (top / archive).read_bytes()
 
-    io = tmp_path / "io"
-    io.mkdir()
-    x = np.random.default_rng(3).standard_normal((1, 8, 16, 16), dtype=np.float32)
-    x.tofile(io / "input_0.bin")
-    run_wasm(top / "build" / "tiny_conv" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
-    expected = onnxruntime.InferenceSession(model.SerializeToString(),
-                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
+                               tmp_path / "io")
 
     untuned = scons(*args, "TVM_TUNING=off", cwd=top)  # the option turns it off again
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse)" in untuned.stdout
@@ -96,12 +100,5 @@ def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, 
     assert [16, 8, 3, 3] not in weights, weights  # the OIHW filter was rewritten at build time
     assert sum(np.prod(s) for s in weights) >= 16 * 8 * 3 * 3 + 16
 
-    io = tmp_path / "io"
-    io.mkdir()
-    x = np.random.default_rng(4).standard_normal((1, 8, 16, 16), dtype=np.float32)
-    x.tofile(io / "input_0.bin")
-    run_wasm(top / "build" / "tiny_conv" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
-    expected = onnxruntime.InferenceSession(model.SerializeToString(),
-                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
+                               tmp_path / "io")
