@@ -95,8 +95,7 @@ class Kernel:
         return wasmtime.Func(self.store, imp.type, host)
 
     def _alloc_workspace(self, _device_type, _device_id, nbytes, _code, _bits):
-        ptr = self._reserve(nbytes)
-        return ptr
+        return self._reserve(nbytes)
 
     def _raised(self, kind, message):
         self.error = f"{self._c_str(kind)}: {self._c_str(message)}"
