@@ -1,10 +1,14 @@
 """Small ONNX graphs, compiled by the plugin and run under wasmtime, must give
 onnxruntime's results.
 
-Every graph is built in one scons run (-j2); each is then its own test. One
-graph set is also built with TVM_PIPELINE=default, which must agree.
+Every graph is built in one scons run (-j2) with the default pipeline (nhwc);
+each is then its own test. A few graphs are also built with the other
+pipelines (fold-fuse, TVM's default), which must agree.
 """
 import json
+import re
+import shutil
+import subprocess
 import zlib
 
 import numpy as np
@@ -43,6 +47,29 @@ def conv(name):
     ], [("x", F32, [1, 3, 9, 9])], [("y", F32, [1, 4, 5, 5])],
         {"w": r.standard_normal((4, 3, 3, 3), dtype=np.float32),
          "b": r.standard_normal(4, dtype=np.float32)})
+
+
+def conv_blocks(name):
+    """A MobileNet-like block: pointwise, depthwise and grouped dilated
+    convolutions with ReLU6 (Clip), a residual add, global average pooling,
+    and an inner activation as a second output."""
+    r = _rng(name)
+    w = lambda *shape: (r.standard_normal(shape) * 0.3).astype(np.float32)  # noqa: E731
+    return _model(name, [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+        helper.make_node("Conv", ["r1", "wd", "bd"], ["d"], kernel_shape=[3, 3], group=16,
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["r2"]),
+        helper.make_node("Conv", ["r2", "wg"], ["g"], kernel_shape=[3, 3], group=4,
+                         dilations=[2, 2], pads=[2, 2, 2, 2]),
+        helper.make_node("Conv", ["g", "w3", "b3"], ["p"], kernel_shape=[1, 1]),
+        helper.make_node("Add", ["p", "x"], ["block"]),
+        helper.make_node("GlobalAveragePool", ["block"], ["pooled"]),
+    ], [("x", F32, [1, 8, 12, 12])], [("pooled", F32, [1, 8, 1, 1]), ("block", F32, [1, 8, 12, 12])],
+        {"w1": w(16, 8, 1, 1), "b1": w(16), "wd": w(16, 1, 3, 3), "bd": w(16),
+         "wg": w(16, 4, 3, 3), "w3": w(8, 16, 1, 1), "b3": w(8),
+         "lo": np.array(0.0, dtype=np.float32), "hi": np.array(6.0, dtype=np.float32)})
 
 
 def maxpool(name):
@@ -152,9 +179,10 @@ def int32_ops(name):
 
 
 GRAPHS = {f.__name__: f for f in [
-    conv, maxpool, avgpool, gemm, matmul_add, elementwise, reshape_transpose_flatten,
+    conv, conv_blocks, maxpool, avgpool, gemm, matmul_add, elementwise, reshape_transpose_flatten,
     softmax, concat, two_in_two_out, int64_ops, int32_ops]}
-PIPELINE_GRAPHS = ["conv", "elementwise"]  # also built with TVM_PIPELINE=default
+PIPELINE_GRAPHS = ["conv", "conv_blocks", "elementwise"]  # also built with the other pipelines
+OTHER_PIPELINES = ["fold-fuse", "default"]
 
 NP_TYPE = {F32: np.float32, I64: np.int64, I32: np.int32}
 
@@ -204,9 +232,17 @@ def built(scons, models, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def built_default_pipeline(scons, models, tmp_path_factory):
-    return _build(scons, models, PIPELINE_GRAPHS, tmp_path_factory.mktemp("pipeline") / "top",
-                  "TVM_PIPELINE=default")
+def built_other_pipelines(scons, models, tmp_path_factory):
+    """PIPELINE_GRAPHS built with each of OTHER_PIPELINES: {pipeline: build}."""
+    return {pipeline: _build(scons, models, PIPELINE_GRAPHS,
+                             tmp_path_factory.mktemp(pipeline) / "top", f"TVM_PIPELINE={pipeline}")
+            for pipeline in OTHER_PIPELINES}
+
+
+@pytest.fixture(scope="module")
+def built_relaxed(scons, models, tmp_path_factory):
+    return _build(scons, models, ["conv_blocks"], tmp_path_factory.mktemp("relaxed") / "top",
+                  "TVM_TARGET_FEATURES=+simd128,+relaxed-simd")
 
 
 def _wasm(build, name):
@@ -270,24 +306,57 @@ def test_all_graphs_build_cleanly(built):
     build_dir, proc = built
     assert proc.returncode == 0, proc.stderr
     for name in GRAPHS:
-        assert "Compiling model %s with TVM (wasm32 +simd128, fold-fuse)" % name in proc.stdout
+        assert "Compiling model %s with TVM (wasm32 +simd128, nhwc)" % name in proc.stdout
         assert sorted(p.name for p in (build_dir / name).iterdir()) == sorted(
             [f"lib{name}.a", f"{name}.meta.json", f"{name}.plan.json", f"{name}.weights",
              "run-model.wasm"])
 
 
+def _kernels(build, name):
+    return json.loads((build[0] / name / f"{name}.plan.json").read_text())["kernels"]
+
+
+def test_nhwc_fuses_each_activation_into_its_convolution(built):
+    """The default pipeline moves the convolutions to NHWC, and ReLU6 and the
+    residual add move with them into the convolutions' kernels: the only
+    other kernels are the pooling and the transposes at the graph's edges."""
+    kernels = _kernels(built, "conv_blocks")
+    convs = [k for k in kernels if "conv2d" in k]
+    assert len(convs) == 4, kernels
+    assert sum("maximum" in k and "minimum" in k for k in convs) == 2, kernels
+    assert sum(k.count("_add") == 2 for k in convs) == 1, kernels  # bias and residual
+    others = [k for k in kernels if k not in convs]
+    assert all(re.fullmatch(r"transpose\d*|mean", k) for k in others), kernels
+
+
+@pytest.mark.parametrize("pipeline", OTHER_PIPELINES)
 @pytest.mark.parametrize("name", PIPELINE_GRAPHS)
-def test_pipelines_agree(name, models, built, built_default_pipeline, run_wasm, tmp_path):
+def test_pipelines_agree(name, pipeline, models, built, built_other_pipelines, run_wasm, tmp_path):
     model = models[name][0]
-    assert f"Compiling model {name} with TVM (wasm32 +simd128, default)" in \
-        built_default_pipeline[1].stdout
-    inputs, fold_fuse = _run(run_wasm, _wasm(built, name), model, tmp_path / "fold-fuse")
-    inputs2, default = _run(run_wasm, _wasm(built_default_pipeline, name), model, tmp_path / "default")
-    # The pipelines really differ: fold-fuse fuses the bias add or the chain.
-    plans = [json.loads((b[0] / name / f"{name}.plan.json").read_text())
-             for b in (built, built_default_pipeline)]
-    assert len(plans[0]["kernels"]) < len(plans[1]["kernels"]), [p["kernels"] for p in plans]
+    other = built_other_pipelines[pipeline]
+    assert f"Compiling model {name} with TVM (wasm32 +simd128, {pipeline})" in other[1].stdout
+    inputs, ours = _run(run_wasm, _wasm(built, name), model, tmp_path / "nhwc")
+    inputs2, theirs = _run(run_wasm, _wasm(other, name), model, tmp_path / pipeline)
+    # The pipelines really differ: TVM's default fuses less, and nhwc moves
+    # convolutions (it is fold-fuse where there are none).
+    if pipeline == "default" or name != "elementwise":
+        assert _kernels(built, name) != _kernels(other, name)
     assert all(np.array_equal(inputs[k], inputs2[k]) for k in inputs)
     expected = _reference(model, inputs)
-    _assert_outputs(model, default, expected)
-    _assert_outputs(model, fold_fuse, default)
+    _assert_outputs(model, theirs, expected)
+    _assert_outputs(model, ours, theirs)
+
+
+def test_relaxed_simd_fuses_every_multiply_add(models, built_relaxed, run_wasm, tmp_path):
+    """With relaxed SIMD, LLVM may contract a*b+c into f32x4.relaxed_madd
+    (wasmtime's vfmadd): no vector multiply is left on its own, and the
+    results still match onnxruntime (one rounding instead of two)."""
+    model = models["conv_blocks"][0]
+    inputs, got = _run(run_wasm, _wasm(built_relaxed, "conv_blocks"), model, tmp_path / "io")
+    _assert_outputs(model, got, _reference(model, inputs))
+    archive = built_relaxed[0] / "conv_blocks" / "libconv_blocks.a"
+    objdump = shutil.which("llvm-objdump") or "llvm-objdump"
+    code = subprocess.run([objdump, "-d", str(archive)], capture_output=True, text=True,
+                          check=True).stdout
+    # LLVM 14's objdump prints relaxed SIMD opcodes as <unknown>
+    assert "f32x4.mul" not in code and ("relaxed_madd" in code or "<unknown>" in code)

@@ -56,7 +56,7 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
 
     tuned = scons("tune", *args, cwd=top)
     assert "Tuning model tiny_conv" in tuned.stdout, tuned.stdout
-    db = model_json.parent / "tuning" / "simd128"
+    db = model_json.parent / "tuning" / "nhwc" / "simd128"
     records = (db / "database_tuning_record.json").read_text().splitlines()
     assert len(records) >= 1, tuned.stdout
     for record in map(json.loads, records):  # every candidate ran in wasmtime, none failed
@@ -69,8 +69,10 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     assert (db / "database_tuning_record.json").read_text().splitlines() == records
 
     rebuilt = scons(*args, cwd=top)  # the database is a source of the compile
-    assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse, tuned)" in rebuilt.stdout
-    assert "1/1 kernels tuned" in rebuilt.stdout, rebuilt.stdout  # the wasm32 build found the record
+    assert "Compiling model tiny_conv with TVM (wasm32 +simd128, nhwc, tuned)" in rebuilt.stdout
+    # the wasm32 build found a record for each kernel: the convolution, and
+    # the transposes into and out of NHWC
+    assert "3/3 kernels tuned" in rebuilt.stdout, rebuilt.stdout
     assert not (db / "logs").exists() and not (db.parent / "logs").exists()  # logs go to build/
     elsewhere = tmp_path / "elsewhere"  # a tuned build is reproducible
     elsewhere.mkdir()
@@ -82,7 +84,7 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
                                tmp_path / "io")
 
     untuned = scons(*args, "TVM_TUNING=off", cwd=top)  # the option turns it off again
-    assert "Compiling model tiny_conv with TVM (wasm32 +simd128, fold-fuse)" in untuned.stdout
+    assert "Compiling model tiny_conv with TVM (wasm32 +simd128, nhwc)" in untuned.stdout
 
 
 def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, run_wasm, tmp_path):

@@ -2,6 +2,7 @@
 would otherwise pick, measured side by side in one run on the same input.
 
     .venv/bin/python tools/bench_inference.py [--models efficientnet_lite0,resnet50] [--runs 10]
+        [--features +simd128[,+relaxed-simd]] [--pipeline nhwc|fold-fuse|prepack]
 
 For each model (the bundled EfficientNet-Lite0, and ResNet50 with seeded
 random weights made by models/resnet50/make_onnx.py), one thread everywhere:
@@ -39,7 +40,7 @@ OUT = REPO / "build" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "models" / "resnet50"))
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml.compile_model import tuning_slug  # noqa: E402
+from wasmml.compile_model import DEFAULT_PIPELINE, tuning_subdirs  # noqa: E402
 
 MODELS = {
     "efficientnet_lite0": lambda: REPO / "models" / "efficientnet_lite0" / "model.json",
@@ -56,6 +57,8 @@ def parse_args():
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--features", default="+simd128",
                    help="wasm features of our module (TVM_TARGET_FEATURES), e.g. +simd128,+relaxed-simd")
+    p.add_argument("--pipeline", default=DEFAULT_PIPELINE,
+                   help=f"compile pipeline of our module (TVM_PIPELINE, default {DEFAULT_PIPELINE})")
     ns = p.parse_args()
     ns.models = [m.strip() for m in ns.models.split(",") if m.strip()]
     unknown = [m for m in ns.models if m not in MODELS]
@@ -66,18 +69,19 @@ def parse_args():
     return ns
 
 
-def build(model_jsons, features):
+def build(model_jsons, features, pipeline):
     """run-model.wasm for each model, with the plugin, into build/bench/NAME/."""
     OUT.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(Path(sys.executable).with_name("scons")), "-Q", "-C", str(OUT),
                     "-f", str(REPO / "tests" / "project" / "SConstruct"),
                     "--site-dir", str(REPO / "site_scons"),
                     f"CARGO_TARGET_DIR={REPO / 'build' / 'cargo'}", f"TVM_TARGET_FEATURES={features}",
+                    f"TVM_PIPELINE={pipeline}",
                     "MODELS=" + ",".join(str(p) for p in model_jsons)], check=True)
 
 
 class Model:
-    def __init__(self, name, model_json, features):
+    def __init__(self, name, model_json, features, pipeline):
         meta = json.loads(Path(model_json).read_text())
         self.name = name
         self.onnx = Path(model_json).parent / meta["onnx"]
@@ -87,8 +91,10 @@ class Model:
         self.wasm = self.dir / "run-model.wasm"
         self.plan = json.loads((self.dir / f"{name}.plan.json").read_text())
         # the database the build applied, if any (tvm_model's tuning_dir)
-        db = Path(model_json).parent / "tuning" / tuning_slug(features)
-        self.tuning_db = str(db) if (db / "database_tuning_record.json").exists() else None
+        self.pipeline = pipeline
+        dbs = [Path(model_json).parent / "tuning" / d for d in tuning_subdirs(pipeline, features)]
+        self.tuning_db = next((str(db) for db in dbs if (db / "database_tuning_record.json").exists()),
+                              None)
 
 
 # --- the engines: each returns (times in ms, output) ---------------------------
@@ -136,9 +142,9 @@ def tvm_native(model, x, runs):
     from wasmml import compile_model as cm
 
     shapes = {model.input: model.shape}
-    mod = cm.to_relax(onnx.load(str(model.onnx)), shapes)
+    mod = cm.to_relax(onnx.load(str(model.onnx)), shapes, model.pipeline)
     target = tvm.target.Target.from_device(tvm.cpu())  # LLVM for this CPU, not a generic x86
-    lowered = cm.lower(mod, target, "fold-fuse", model.tuning_db)  # the same schedules as ours
+    lowered = cm.lower(mod, target, model.pipeline, model.tuning_db)  # the same schedules as ours
     vm = relax.VirtualMachine(relax.build(lowered, target, relax_pipeline=None), tvm.cpu())
     arg = tvm.runtime.tensor(x)
     times = []
@@ -238,11 +244,13 @@ def table(results):
 def main():
     ns = parse_args()
     jsons = {name: MODELS[name]() for name in ns.models}
-    build(jsons.values(), ns.features)
+    build(jsons.values(), ns.features, ns.pipeline)
     for name, model_json in jsons.items():
-        model = Model(name, model_json, ns.features)
-        tuned = "tuned kernels" if model.tuning_db else "untuned kernels"
-        print(f"\n## {name} ({ns.runs} runs per engine, input {model.shape}, {tuned})\n", flush=True)
+        model = Model(name, model_json, ns.features, ns.pipeline)
+        tuned = (f"kernels tuned by {Path(model.tuning_db).relative_to(REPO)}" if model.tuning_db
+                 else "untuned kernels")
+        print(f"\n## {name} ({ns.runs} runs per engine, input {model.shape}, "
+              f"{ns.pipeline} {ns.features}, {tuned})\n", flush=True)
         results, ours = measure(model, ns.runs)
         check_outputs(model, results)
         print()

@@ -7,6 +7,7 @@ one line, `error: model 'NAME': CAUSE`, exit status 1, and no output file.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import tempfile
 import time
 
 PLAN_FORMAT = 1
+RELAXED_SIMD = "+relaxed-simd"
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
 
 
@@ -37,7 +39,7 @@ def parse_args(argv):
     p.add_argument("--llvm-ar", required=True)
     p.add_argument("--target-features", default="+simd128",
                    help="comma-separated LLVM features for wasm32, e.g. +simd128")
-    p.add_argument("--pipeline", default="fold-fuse", choices=sorted(PIPELINES))
+    p.add_argument("--pipeline", default=DEFAULT_PIPELINE, choices=sorted(PIPELINES))
     p.add_argument("--input-shape", action="append", default=[],
                    metavar="NAME=D0,D1,...", help="override an input's shape")
     p.add_argument("--tuning-db", help="MetaSchedule JSON database to apply (tune_model.py)")
@@ -156,15 +158,59 @@ def _fold_fuse_prepack(mod):
     return relax.transform.AttachAttrLayoutFreeBuffers()(_fold_fuse(mod))
 
 
-PIPELINES = {"default": None, "fold-fuse": _fold_fuse, "prepack": _fold_fuse_prepack}
+def _nhwc(mod, stages=None):
+    """fold-fuse with convolutions in NHWC and their weights in HWIO: the
+    output channels are then the innermost, contiguous axis of the output
+    and of the weights, so a kernel computes 4 of them per SIMD128 vector
+    for any image size (XNNPACK's layout). Elementwise work follows the new
+    layout; the input and the final flatten pay one transpose each.
+
+    A graph without convolutions is left as it is. Where TVM's ConvertLayout
+    fails (seen on a max over a stacked axis), the graph keeps its layout:
+    the build is slower, not wrong, and its log says so."""
+    from tvm import relax
+
+    if "relax.nn.conv2d" not in _operators(mod["main"]):
+        return _fold_fuse(mod)
+    try:
+        converted = relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]})(mod)
+    except Exception as e:  # noqa: BLE001 -- TVM raises its own kinds
+        if stages is not None:
+            stages.note(f"convolutions kept in NCHW (TVM's ConvertLayout: {_first_line(e)})")
+        converted = mod
+    return _fold_fuse(converted)
 
 
-def to_relax(model, shapes):
+def _operators(func):
+    """The names of the relax operators that a function calls."""
+    import tvm
+    from tvm import relax
+
+    names = set()
+
+    @relax.expr_functor.visitor
+    class Calls(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            if isinstance(call.op, tvm.ir.Op):
+                names.add(call.op.name)
+
+    Calls().visit_expr(func)
+    return names
+
+
+PIPELINES = {"default": None, "fold-fuse": _fold_fuse, "prepack": _fold_fuse_prepack, "nhwc": _nhwc}
+DEFAULT_PIPELINE = "nhwc"
+# pipelines that change layouts need Clip as relax ops they can see through
+LAYOUT_PIPELINES = {"nhwc"}
+
+
+def to_relax(model, shapes, pipeline=DEFAULT_PIPELINE):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
     try:
-        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
+        with _clip_as_relax_ops(pipeline in LAYOUT_PIPELINES):
+            mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
     except Exception as e:  # the frontend raises many kinds; all mean "cannot import"
         raise ModelError(f"TVM cannot import the graph: {_first_line(e)}")
     mod, params = relax.frontend.detach_params(mod)
@@ -174,18 +220,69 @@ def to_relax(model, shapes):
     return relax.transform.BindParams("main", weights)(mod)
 
 
+@contextlib.contextmanager
+def _clip_as_relax_ops(enabled):
+    """TVM's ONNX importer writes Clip (ReLU6) as two TIR kernels, which
+    ConvertLayout cannot move to another layout: it would wrap them in
+    transposes, and they would no longer fuse into the convolution before
+    them. While enabled, Clip becomes relax maximum/minimum instead, with the
+    importer's own handling of NaN bounds."""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    def clip(cls, bb, inputs, attr, params):
+        x = inputs[0]
+        if inputs[1] is not None:
+            x = bb.emit(relax.op.maximum(x, cls._sanitize_nan_clip_bound(bb, inputs[1], for_min=True)))
+        if inputs[2] is not None:
+            x = bb.emit(relax.op.minimum(x, cls._sanitize_nan_clip_bound(bb, inputs[2], for_min=False)))
+        return x
+
+    saved = onnx_frontend.Clip.__dict__["_impl_v13"]
+    if enabled:
+        onnx_frontend.Clip._impl_v13 = classmethod(clip)
+    try:
+        yield
+    finally:
+        onnx_frontend.Clip._impl_v13 = saved
+
+
 def wasm_target(features):
     import tvm
 
     mattr = [f.strip() for f in features.split(",") if f.strip()]
-    return tvm.target.Target({"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm",
-                              "mattr": mattr})
+    target = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": mattr}
+    if RELAXED_SIMD in mattr:
+        # Without contraction LLVM keeps most a*b+c as a multiply and an add:
+        # EfficientNet-Lite0 had 1515 f32x4.relaxed_madd and 1379 f32x4.mul
+        # left over; with it, 2946 and none. A fused multiply-add rounds once
+        # instead of twice, which relaxed_madd allows anyway.
+        target["fast-math-contract"] = True
+    return tvm.target.Target(target)
 
 
 def tuning_slug(features):
     """The directory name of a tuning database for these wasm features:
     "+simd128" -> simd128, "+simd128,+relaxed-simd" -> simd128+relaxed-simd."""
     return "+".join(f.strip().lstrip("+") for f in features.split(",") if f.strip()) or "mvp"
+
+
+def tuning_subdir(pipeline, features):
+    """Where, under a model's tuning/, its database for this pipeline and
+    these features lives (nhwc/simd128): each pipeline makes other kernels,
+    so each has databases of its own."""
+    return os.path.join(pipeline, tuning_slug(features))
+
+
+def tuning_subdirs(pipeline, features):
+    """The databases a build may apply, best first: its own, then, for
+    relaxed SIMD, the plain SIMD128 one (the same kernels, and schedules
+    valid on both: only the multiply-adds compile differently)."""
+    dirs = [tuning_subdir(pipeline, features)]
+    plain = [f for f in features.split(",") if f.strip() and f.strip() != RELAXED_SIMD]
+    if len(plain) < len([f for f in features.split(",") if f.strip()]):
+        dirs.append(tuning_subdir(pipeline, ",".join(plain)))
+    return dirs
 
 
 def lower(mod, target, pipeline, tuning_db=None, stages=None):
@@ -195,7 +292,9 @@ def lower(mod, target, pipeline, tuning_db=None, stages=None):
     from tvm import relax
 
     with target:
-        if PIPELINES[pipeline] is not None:
+        if pipeline == "nhwc":
+            mod = _nhwc(mod, stages)
+        elif PIPELINES[pipeline] is not None:
             mod = PIPELINES[pipeline](mod)
         if tuning_db:
             with best_schedules(tuning_db):
@@ -472,7 +571,7 @@ def compile_model(args, stages):
     model = load_onnx(args.onnx)
     shapes = input_shapes(model, meta, args.input_shape)
     output_names = [o.name for o in model.graph.output]
-    mod = to_relax(model, shapes)
+    mod = to_relax(model, shapes, args.pipeline)
     stages.done("imported")
     target = wasm_target(args.target_features)
     try:

@@ -2,7 +2,7 @@
 that ordinary builds apply (compile_model.py --tuning-db).
 
 Run by `scons tune` (never implicitly). The kernels are the ones
-compile_model.py schedules: the same import and the same fold-fuse passes,
+compile_model.py schedules: the same import and the same pipeline passes,
 so every tuned workload matches a kernel of the build. The search space has
 no parallel loops (wasm32 modules here have no threads) and vectors of at
 most 4 floats (SIMD128).
@@ -19,7 +19,11 @@ a task that already has --trials-per-task records is not tuned again, so an
 interrupted run picks up where it stopped.
 
     python tune_model.py --name NAME --onnx M.onnx --meta model.json --database DIR
-        [--trials-per-task 64] [--input-shape NAME=D0,...]
+        [--trials-per-task 64] [--focus N] [--input-shape NAME=D0,...]
+
+--focus N spends the trials where the time goes: a second run with more
+trials per task and --focus 8 tunes only the 8 kernels that the records so
+far say cost the model most.
 """
 import argparse
 import os
@@ -42,11 +46,14 @@ def parse_args(argv):
     p.add_argument("--meta", required=True)
     p.add_argument("--database", required=True, help="directory of the JSON tuning database")
     p.add_argument("--trials-per-task", type=int, default=64)
+    p.add_argument("--focus", type=int, default=0, metavar="N",
+                   help="tune only the N kernels that take the most time by the database "
+                        "so far (best time x calls per inference); 0: every kernel")
     p.add_argument("--logs", help="MetaSchedule's logs (default: DATABASE/../logs)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     p.add_argument("--target-features", default="+simd128",
                    help="wasm features of the build the database is for")
-    p.add_argument("--pipeline", default="fold-fuse", choices=sorted(set(cm.PIPELINES) - {"default"}),
+    p.add_argument("--pipeline", default=cm.DEFAULT_PIPELINE, choices=sorted(set(cm.PIPELINES) - {"default"}),
                    help="the compile pipeline the database is for")
     p.add_argument("--measure", choices=("wasmtime", "native"), default="wasmtime",
                    help="where candidates are timed (default: wasmtime)")
@@ -60,7 +67,7 @@ def kernels(args):
     with open(args.meta) as f:
         meta = json.load(f)
     model = cm.load_onnx(args.onnx)
-    mod = cm.to_relax(model, cm.input_shapes(model, meta, args.input_shape))
+    mod = cm.to_relax(model, cm.input_shapes(model, meta, args.input_shape), args.pipeline)
     with cm.wasm_target(args.target_features):
         return cm.PIPELINES[args.pipeline](mod)
 
@@ -85,19 +92,33 @@ def tune(args):
     tasks = ms.relax_integration.extract_tasks(kernels(args), target)
     os.makedirs(args.database, exist_ok=True)
     database = open_database(args.database)
-    todo = [t for t in tasks if _records(database, t) < args.trials_per_task]
-    print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned, "
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+        tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
+        num_threads=1)
+    todo = [i for i, (task, context) in enumerate(zip(tasks, contexts))
+            if _records(database, task) < _trials_wanted(context, args.trials_per_task)]
+    if args.focus:
+        todo = sorted(todo, key=lambda i: _time_share(database, tasks[i]), reverse=True)[:args.focus]
+    print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned"
+          f"{' or left out' if args.focus else ''}, "
           f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
     if not todo:
         return
-    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        todo, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
-        num_threads=1)
-    ms.tune.tune_tasks(tasks=contexts, task_weights=weights, work_dir=args.database,
-                       max_trials_global=args.trials_per_task * len(todo),
+    ms.tune.tune_tasks(tasks=[contexts[i] for i in todo], task_weights=[weights[i] for i in todo],
+                       work_dir=args.database, max_trials_global=args.trials_per_task * len(todo),
                        max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
                        database=database, cost_model=COST_MODEL, builder=builder, runner=runner)
     open_database(args.database)  # prunes what this run added and cannot be replayed
+
+
+def _trials_wanted(context, trials):
+    """How many records make a kernel tuned: `trials`, or fewer when its
+    search space has fewer candidates (a transpose's has one schedule and
+    no decisions to vary)."""
+    designs = context.generate_design_space()
+    if any(design.trace.decisions for design in designs):
+        return trials
+    return min(trials, len(designs))
 
 
 # Each build batch starts fresh worker processes that import TVM: on a busy
@@ -160,6 +181,18 @@ def open_database(path):
         f.write("".join(line + "\n" for line in kept))
     os.replace(records + ".tmp", records)
     return ms.database.JSONDatabase(work_dir=path)
+
+
+def _time_share(database, task):
+    """What a kernel costs an inference by the database so far: its best
+    measured time times its calls; 0 without records (a first run, without
+    --focus, tunes every kernel; the global-average-pool reduction keeps no
+    records, and a focused run would waste its trials on it again)."""
+    mod = task.dispatched[0]
+    if not database.has_workload(mod):
+        return 0.0
+    best = database.get_top_k(database.commit_workload(mod), 1)
+    return float(best[0].run_secs[0]) * task.weight if best else 0.0
 
 
 def _records(database, task):

@@ -9,15 +9,19 @@ import os
 
 from SCons.Variables import EnumVariable, PathVariable, Variables
 
+from wasmml.compile_model import DEFAULT_PIPELINE
+
 
 def plugin_variables(arguments):
     variables = Variables(None, arguments)
     variables.Add("TVM_TARGET_FEATURES", "LLVM features of the wasm32 kernels", "+simd128")
-    variables.Add(EnumVariable("TVM_PIPELINE", "model optimisation pipeline", "fold-fuse",
-                               allowed_values=("fold-fuse", "prepack", "default")))
+    variables.Add(EnumVariable("TVM_PIPELINE", "model optimisation pipeline", DEFAULT_PIPELINE,
+                               allowed_values=("nhwc", "fold-fuse", "prepack", "default")))
     variables.Add(EnumVariable("TVM_TUNING", "apply the model's tuning database (models/NAME/tuning/)",
                                "on", allowed_values=("on", "off")))
     variables.Add("TUNE_TRIALS", "`scons tune`: measured candidates per kernel", "64")
+    variables.Add("TUNE_FOCUS", "`scons tune`: tune only the N kernels that cost most so far (0: all)",
+                  "0")
     variables.Add(EnumVariable(
         "TUNE_MEASURE", "`scons tune`: where candidates are timed", "wasmtime",
         allowed_values=("wasmtime", "native")))

@@ -13,21 +13,28 @@ It returns those nodes in that order. The copies are separate steps, so a
 label edit never recompiles the model.
 
 Tuned kernels: when the model's directory has a MetaSchedule database for
-the target, `tuning/<features>/` (e.g. tuning/simd128/), the compile applies
-it, and its files are sources of the compile. `TVMTune(model_json)` returns
-an alias, `tune-NAME`, that tunes the model into that database
-(wasmml/tune_model.py): an explicit, resumable step, never run by a build.
+the pipeline and target, `tuning/<pipeline>/<features>/` (e.g.
+tuning/nhwc/simd128/), the compile applies it, and its files are sources of
+the compile. A relaxed-SIMD build without a database of its own applies the
+SIMD128 one. `TVMTune(model_json)` returns an alias, `tune-NAME`, that
+tunes the model into that database (wasmml/tune_model.py): an explicit,
+resumable step, never run by a build.
 
 Construction variables (all part of the compile's signature; the first
 three can be set for one model from the command line: NAME.OPTION=VALUE):
     TVM_TARGET_FEATURES  LLVM features for wasm32 (default "+simd128")
-    TVM_PIPELINE         "fold-fuse" (default), "prepack" (fold-fuse, and the
-                         weights rewritten at build time into the layout the
-                         tuned kernels read) or "default" (TVM's own)
+    TVM_PIPELINE         "nhwc" (default: convolutions in NHWC, weights in
+                         HWIO, constants folded, elementwise work fused),
+                         "fold-fuse" (the same in the ONNX file's NCHW),
+                         "prepack" (fold-fuse, and the weights rewritten at
+                         build time into the layout the tuned kernels read)
+                         or "default" (TVM's own)
     TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json
     TVM_TUNING           "on" (default): apply the model's tuning database
                          if it has one; "off": TVM's untuned kernels
     TUNE_TRIALS          trials per kernel for TVMTune (default 64)
+    TUNE_FOCUS           N: TVMTune tunes only the N kernels that cost the
+                         model most by its database so far (default 0: all)
     TUNE_MEASURE         where TVMTune times candidates: "wasmtime" (default)
                          or "native" (an x86 proxy with 128-bit vectors)
     PYTHON               the interpreter that has TVM (default: SCons's own)
@@ -65,7 +72,7 @@ TVMCOM = (
 )
 TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
-    "--database $TVM_TUNING_DB --trials-per-task $TUNE_TRIALS $_TVM_SHAPE_FLAGS "
+    "--database $TVM_TUNING_DB --trials-per-task $TUNE_TRIALS --focus $TUNE_FOCUS $_TVM_SHAPE_FLAGS "
     "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
     "--logs ${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME"
 )
@@ -103,10 +110,11 @@ def _emitter(target, source, env):
     return targets, sources + [env.File(COMPILER)]
 
 
-def tuning_dir(meta_node, features):
-    """Where a model's tuning database for these target features lives:
-    beside its model.json, in tuning/<features> (tuning/simd128)."""
-    return meta_node.srcnode().dir.Dir("tuning").Dir(compile_model.tuning_slug(features))
+def tuning_dir(meta_node, pipeline, features):
+    """Where a model's tuning database for this pipeline and these target
+    features lives: beside its model.json, in tuning/<pipeline>/<features>
+    (tuning/nhwc/simd128)."""
+    return meta_node.srcnode().dir.Dir("tuning").Dir(compile_model.tuning_subdir(pipeline, features))
 
 
 def _option(env, options, name):
@@ -118,8 +126,13 @@ def _applied_tuning(env, meta_node, options):
     """The tuning database the compile applies, or "" for none."""
     if _option(env, options, "TVM_TUNING") == "off":
         return ""
-    db = tuning_dir(meta_node, _option(env, options, "TVM_TARGET_FEATURES"))
-    return db.abspath if os.path.exists(db.File(TUNING_FILES[1]).abspath) else ""
+    base = meta_node.srcnode().dir.Dir("tuning")
+    for subdir in compile_model.tuning_subdirs(_option(env, options, "TVM_PIPELINE"),
+                                               _option(env, options, "TVM_TARGET_FEATURES")):
+        db = base.Dir(subdir)
+        if os.path.exists(db.File(TUNING_FILES[1]).abspath):
+            return db.abspath
+    return ""
 
 
 def _shape_flags(shapes):
@@ -165,7 +178,8 @@ def _tune(env, model_json, **overrides):
     of a build."""
     meta_node, meta, onnx = _model(env, model_json, overrides)
     name = meta["name"]
-    db = tuning_dir(meta_node, _option(env, overrides, "TVM_TARGET_FEATURES"))
+    db = tuning_dir(meta_node, _option(env, overrides, "TVM_PIPELINE"),
+                    _option(env, overrides, "TVM_TARGET_FEATURES"))
     alias = env.Alias(f"tune-{name}", [onnx], SCons.Action.Action("$TUNECOM", "$TUNECOMSTR"),
                       TVM_MODEL_NAME=name, TVM_META=meta_node.srcnode(), TVM_ONNX=onnx,
                       TVM_TUNING_DB=db, **overrides)
@@ -224,12 +238,13 @@ def generate(env):
         PYTHON=sys.executable,
         TVM_COMPILER=COMPILER,
         TVM_TARGET_FEATURES="+simd128",
-        TVM_PIPELINE="fold-fuse",
+        TVM_PIPELINE=compile_model.DEFAULT_PIPELINE,
         TVM_INPUT_SHAPES=[],
         TVM_TUNING="on",
         TVM_TUNING_DB="",
         TVM_TUNER=TUNER,
         TUNE_TRIALS=64,
+        TUNE_FOCUS=0,
         TUNE_MEASURE="wasmtime",
         TUNECOM=TUNECOM,
         TUNECOMSTR="Tuning model $TVM_MODEL_NAME into $TVM_TUNING_DB ($TUNE_TRIALS trials a kernel)",
