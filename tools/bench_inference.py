@@ -40,7 +40,7 @@ OUT = REPO / "build" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "models" / "resnet50"))
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml.compile_model import DEFAULT_PIPELINE, tuning_subdirs  # noqa: E402
+from wasmml.compile_model import DEFAULT_PIPELINE, find_tuning_db  # noqa: E402
 
 MODELS = {
     "efficientnet_lite0": lambda: REPO / "models" / "efficientnet_lite0" / "model.json",
@@ -90,11 +90,9 @@ class Model:
         self.dir = OUT / "build" / name
         self.wasm = self.dir / "run-model.wasm"
         self.plan = json.loads((self.dir / f"{name}.plan.json").read_text())
-        # the database the build applied, if any (tvm_model's tuning_dir)
         self.pipeline = pipeline
-        dbs = [Path(model_json).parent / "tuning" / d for d in tuning_subdirs(pipeline, features)]
-        self.tuning_db = next((str(db) for db in dbs if (db / "database_tuning_record.json").exists()),
-                              None)
+        # the database the build applied, if any (the tvm_model tool asks the same)
+        self.tuning_db = find_tuning_db(str(Path(model_json).parent), pipeline, features)
 
 
 # --- the engines: each returns (times in ms, output) ---------------------------

@@ -17,6 +17,8 @@ import time
 
 PLAN_FORMAT = 1
 RELAXED_SIMD = "+relaxed-simd"
+# a MetaSchedule JSON database: a directory holding these two files
+WORKLOADS_FILE, RECORDS_FILE = "database_workload.json", "database_tuning_record.json"
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
 
 
@@ -131,7 +133,7 @@ def _first_line(exc):
 
 # --- compiling ------------------------------------------------------------
 
-def _fold_fuse(mod):
+def _fold_fuse(mod, stages=None):
     """Fold weight-only work into constants and fuse elementwise chains into
     their producers before TVM's default lowering."""
     from tvm import relax, transform
@@ -149,7 +151,7 @@ def _fold_fuse(mod):
     ])(mod)
 
 
-def _fold_fuse_prepack(mod):
+def _fold_fuse_prepack(mod, stages=None):
     """fold-fuse, with the weights marked free to change layout: a tuned
     schedule may then read them in the order its loops want, and the build
     rewrites the constant weights into that layout (lower())."""
@@ -250,7 +252,7 @@ def _clip_as_relax_ops(enabled):
 def wasm_target(features):
     import tvm
 
-    mattr = [f.strip() for f in features.split(",") if f.strip()]
+    mattr = _feature_list(features)
     target = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": mattr}
     if RELAXED_SIMD in mattr:
         # Without contraction LLVM keeps most a*b+c as a multiply and an add:
@@ -264,7 +266,12 @@ def wasm_target(features):
 def tuning_slug(features):
     """The directory name of a tuning database for these wasm features:
     "+simd128" -> simd128, "+simd128,+relaxed-simd" -> simd128+relaxed-simd."""
-    return "+".join(f.strip().lstrip("+") for f in features.split(",") if f.strip()) or "mvp"
+    return "+".join(f.lstrip("+") for f in _feature_list(features)) or "mvp"
+
+
+def _feature_list(features):
+    """"+simd128, +relaxed-simd" -> ["+simd128", "+relaxed-simd"]"""
+    return [f.strip() for f in features.split(",") if f.strip()]
 
 
 def tuning_subdir(pipeline, features):
@@ -274,15 +281,20 @@ def tuning_subdir(pipeline, features):
     return os.path.join(pipeline, tuning_slug(features))
 
 
-def tuning_subdirs(pipeline, features):
-    """The databases a build may apply, best first: its own, then, for
-    relaxed SIMD, the plain SIMD128 one (the same kernels, and schedules
-    valid on both: only the multiply-adds compile differently)."""
-    dirs = [tuning_subdir(pipeline, features)]
-    plain = [f for f in features.split(",") if f.strip() and f.strip() != RELAXED_SIMD]
-    if len(plain) < len([f for f in features.split(",") if f.strip()]):
-        dirs.append(tuning_subdir(pipeline, ",".join(plain)))
-    return dirs
+def find_tuning_db(model_dir, pipeline, features):
+    """The database a build of the model in `model_dir` applies, or None:
+    its own, else, for relaxed SIMD, the plain SIMD128 one (the same
+    kernels, and schedules valid on both: only the multiply-adds compile
+    differently)."""
+    features = _feature_list(features)
+    candidates = [features]
+    if RELAXED_SIMD in features:
+        candidates.append([f for f in features if f != RELAXED_SIMD])
+    for candidate in candidates:
+        db = os.path.join(model_dir, "tuning", tuning_subdir(pipeline, ",".join(candidate)))
+        if os.path.isfile(os.path.join(db, RECORDS_FILE)):
+            return db
+    return None
 
 
 def lower(mod, target, pipeline, tuning_db=None, stages=None):
@@ -292,10 +304,8 @@ def lower(mod, target, pipeline, tuning_db=None, stages=None):
     from tvm import relax
 
     with target:
-        if pipeline == "nhwc":
-            mod = _nhwc(mod, stages)
-        elif PIPELINES[pipeline] is not None:
-            mod = PIPELINES[pipeline](mod)
+        if PIPELINES[pipeline] is not None:
+            mod = PIPELINES[pipeline](mod, stages)
         if tuning_db:
             with best_schedules(tuning_db):
                 mod = relax.transform.MetaScheduleApplyDatabase()(mod)
@@ -319,9 +329,9 @@ def best_schedules(path):
     and does not pay for the records that lost."""
     from tvm.s_tir import meta_schedule as ms
 
-    workloads = _json_lines(os.path.join(path, "database_workload.json"), "workload")
+    workloads = _json_lines(os.path.join(path, WORKLOADS_FILE), "workload")
     best = {}
-    for index, record in _json_lines(os.path.join(path, "database_tuning_record.json"),
+    for index, record in _json_lines(os.path.join(path, RECORDS_FILE),
                                      "tuning record"):
         seconds = _mean_run_seconds(record)
         if seconds is not None and (index not in best or seconds < best[index][0]):

@@ -161,14 +161,14 @@ def open_database(path):
         return ms.database.JSONDatabase(work_dir=path)
     except Exception:  # noqa: BLE001 -- TVM raises RuntimeError or its own kinds
         pass
-    records = os.path.join(path, "database_tuning_record.json")
+    records = os.path.join(path, cm.RECORDS_FILE)
     with open(records) as f:
         lines = f.read().splitlines()
     kept = []
     with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(os.path.join(path, "database_workload.json"), scratch)
+        shutil.copy(os.path.join(path, cm.WORKLOADS_FILE), scratch)
         for line in lines:
-            with open(os.path.join(scratch, "database_tuning_record.json"), "w") as f:
+            with open(os.path.join(scratch, cm.RECORDS_FILE), "w") as f:
                 f.write(line + "\n")
             try:
                 ms.database.JSONDatabase(work_dir=scratch)

@@ -59,7 +59,7 @@ from wasmml import compile_model, toolchain
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
-TUNING_FILES = ("database_workload.json", "database_tuning_record.json")
+TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
 
 # What lies between $( and $) stays out of the build signature: where the
 # interpreter, llvm-ar or the checkout are does not change the artifacts, so
@@ -126,13 +126,9 @@ def _applied_tuning(env, meta_node, options):
     """The tuning database the compile applies, or "" for none."""
     if _option(env, options, "TVM_TUNING") == "off":
         return ""
-    base = meta_node.srcnode().dir.Dir("tuning")
-    for subdir in compile_model.tuning_subdirs(_option(env, options, "TVM_PIPELINE"),
-                                               _option(env, options, "TVM_TARGET_FEATURES")):
-        db = base.Dir(subdir)
-        if os.path.exists(db.File(TUNING_FILES[1]).abspath):
-            return db.abspath
-    return ""
+    return compile_model.find_tuning_db(meta_node.srcnode().dir.abspath,
+                                        _option(env, options, "TVM_PIPELINE"),
+                                        _option(env, options, "TVM_TARGET_FEATURES")) or ""
 
 
 def _shape_flags(shapes):
