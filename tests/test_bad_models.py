@@ -7,6 +7,8 @@ per model: with -k the other models are still built.
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -168,3 +170,30 @@ def test_broken_model_leaves_nothing(keep_going, name, cause):
     assert "run-model.wasm" in keep_going["built"][name]  # it was built before
     assert_one_error_line(keep_going["second"], name, cause)
     assert leftovers(keep_going["top"], name) == []
+
+
+# --- a build directory that cannot be written -----------------------------------
+
+def test_unwritable_build_directory_is_one_line(repo, tmp_path):
+    """The compiler (as $TVMCOM runs it) told to write where it cannot, here
+    under a file where a directory should be, as a read-only or full disk
+    would refuse: one line naming what it could not write, exit 1, no
+    traceback. (Tests run as root, for whom a read-only mode is no barrier.)"""
+    sys.path.insert(0, str(repo / "site_scons"))
+    from wasmml import toolchain
+
+    meta = write_model(tmp_path / "models", "good", good_model().SerializeToString())
+    blocked = tmp_path / "build"
+    blocked.write_text("a file where the build directory should be\n")
+    out = blocked / "good"
+    proc = subprocess.run(
+        [sys.executable, str(repo / "site_scons" / "wasmml" / "compile_model.py"),
+         "--name", "good", "--meta", str(meta), "--onnx", str(meta.parent / "good.onnx"),
+         "--archive", str(out / "libgood.a"), "--plan", str(out / "good.plan.json"),
+         "--weights", str(out / "good.weights"), "--llvm-ar", toolchain.find_llvm_ar()],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: model 'good': ")]
+    assert len(ours) == 1 and "cannot write" in ours[0], proc.stderr
+    assert blocked.read_text().startswith("a file where")

@@ -3,8 +3,10 @@ into classify.wasm, which names what is in a photo under wasmtime and Node's
 WASI, and whose logits match onnxruntime's."""
 
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -90,15 +92,51 @@ def test_imports_only_wasi(built, wasm):
     assert {imp.module for imp in module.imports} == {"wasi_snapshot_preview1"}
 
 
+def png_header(width, height):
+    """The signature and IHDR chunk of an RGB PNG, with a valid CRC."""
+    ihdr = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + ihdr + struct.pack(">I", zlib.crc32(ihdr))
+
+
+def jpeg_header(width, height):
+    """SOI and a baseline frame header (SOF0) of a 3-component JPEG."""
+    components = b"".join(bytes([i, 0x11, 0]) for i in (1, 2, 3))
+    sof = struct.pack(">BHHB", 8, height, width, 3) + components
+    return b"\xff\xd8\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof
+
+
 def bad_file_cases(tmp):
-    text = tmp / "notes.txt"
-    text.write_text("not an image\n")
-    truncated = tmp / "truncated.png"
-    truncated.write_bytes((IMAGES / "chelsea.png").read_bytes()[:5000])
-    empty = tmp / "empty.jpg"
-    empty.write_bytes(b"")
-    return {"missing.png": "cannot read", text: "not a decodable",
-            truncated: "not a decodable", empty: "not a decodable"}
+    """{path: what its error line must say}, for files that must each get a
+    one-line error without stopping the program."""
+    def file(name, data):
+        path = tmp / name
+        path.write_bytes(data)
+        return path
+
+    png = (IMAGES / "chelsea.png").read_bytes()
+    flipped = bytearray(png)
+    flipped[len(png) // 2] ^= 0xFF  # inside the image data: its CRC no longer matches
+    oversize = tmp / "oversize.png"
+    with open(oversize, "wb") as f:  # sparse: takes no disk space
+        f.write(png_header(64, 64))
+        f.truncate(200 << 20)
+    directory = tmp / "folder.png"
+    directory.mkdir(exist_ok=True)
+    return {
+        "missing.png": "cannot read",
+        directory: "is a directory",
+        oversize: "more than the limit of 134217728 bytes",
+        file("notes.txt", b"not an image\n"): "not a decodable",
+        file("empty.jpg", b""): "not a decodable",
+        file("truncated.png", png[:5000]): "not a decodable",
+        file("flipped.png", bytes(flipped)): "not a decodable",
+        file("truncated.jpg", (IMAGES / "rocket.jpg").read_bytes()[:3000]): "not a decodable",
+        file("animation.gif", b"GIF89a" + struct.pack("<HH", 8, 8) + bytes(64)): "not a decodable",
+        file("bitmap.bmp", b"BM" + bytes(64)): "not a decodable",
+        # decompression bombs: refused from the header, before any allocation
+        file("bomb.png", png_header(100_000, 100_000)): "100000x100000 pixels, more than the limit",
+        file("bomb.jpg", jpeg_header(65_000, 65_000)): "65000x65000 pixels, more than the limit",
+    }
 
 
 def test_bad_files_get_one_line_errors_and_exit_1(built, tmp_path):
@@ -116,10 +154,17 @@ def test_bad_files_get_one_line_errors_and_exit_1(built, tmp_path):
 
 
 def test_good_files_still_classified_beside_bad_ones(built):
-    out = run(built["classify"], "build/no-such.png", rel(IMAGES / "coffee.png"))
+    """Every bad file of one run gets its line, in order, and the photo
+    among them is still classified."""
+    work = REPO / "build" / "test-bad-images"
+    work.mkdir(parents=True, exist_ok=True)
+    bad = [rel(Path(p)) if Path(p).is_absolute() else Path("build") / p for p in bad_file_cases(work)]
+    coffee = rel(IMAGES / "coffee.png")
+    out = run(built["classify"], *bad[:3], coffee, *bad[3:])
     assert out.returncode == 1
-    assert out.stdout.strip().endswith(labels()[ESPRESSO])
-    assert len(out.stderr.splitlines()) == 1
+    assert out.stdout == f"{coffee}: {labels()[ESPRESSO]}\n"
+    errors = out.stderr.splitlines()
+    assert [line.split(": ")[1] for line in errors] == [str(p) for p in bad], out.stderr
 
 
 def test_usage_errors(built):

@@ -25,7 +25,7 @@ TARGETS = ("wasi", "digits")
 EDITED_FILES = ("models/digits/labels.txt", "models/digits/train.py", "models/digits/model.json",
                 "models/efficientnet_lite0/efficientnet_lite0.onnx", "rust/classify/src/main.rs",
                 "rust/runtime/src/lib.rs", "rust/vision/src/lib.rs", "rust/classify/Cargo.toml",
-                "rust/Cargo.lock", "site_scons/wasmml/compile_model.py")
+                "rust/Cargo.lock", "site_scons/wasmml/compile_model.py", "site_scons/wasmml/winograd.py")
 ALL_STEPS = {"train digits", "compile efficientnet_lite0", "compile digits",
              "build classify.wasm", "build digits.wasm"}
 
@@ -218,8 +218,9 @@ def test_label_file_rebuilds_what_embeds_labels_only(checkout, digit_image):
     assert checkout.digit_label(label) == names[int(label)]
 
 
-def test_compiler_code_recompiles_models(checkout):
-    checkout.edit("site_scons/wasmml/compile_model.py", lambda s: s + "\n# edited by a test\n")
+@pytest.mark.parametrize("module", ["compile_model.py", "winograd.py"])
+def test_compiler_code_recompiles_models(checkout, module):
+    checkout.edit(f"site_scons/wasmml/{module}", lambda s: s + "\n# edited by a test\n")
     ran = checkout.build()[0]
     assert {"compile digits", "compile efficientnet_lite0"} <= ran
     assert "train digits" not in ran

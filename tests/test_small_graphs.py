@@ -72,6 +72,32 @@ def conv_blocks(name):
          "lo": np.array(0.0, dtype=np.float32), "hi": np.array(6.0, dtype=np.float32)})
 
 
+def resnet_block(name):
+    """A ResNet basic block on a batch of two: 3x3 convolutions with stride
+    1 (the nhwc pipeline computes these by Winograd's F(4x4, 3x3)), batch
+    normalisation, explicit, SAME_UPPER and VALID padding, and an image
+    size (10x10) that is not a whole number of 4x4 tiles."""
+    r = _rng(name)
+    w = lambda *shape: (r.standard_normal(shape) * 0.2).astype(np.float32)  # noqa: E731
+
+    def batch_norm(prefix, channels):
+        return {f"{prefix}_scale": 1 + w(channels), f"{prefix}_bias": w(channels),
+                f"{prefix}_mean": w(channels), f"{prefix}_var": 0.5 + r.random(channels, dtype=np.float32)}
+
+    return _model(name, [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1", "n1_scale", "n1_bias", "n1_mean", "n1_var"], ["n1"]),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+        helper.make_node("BatchNormalization", ["c2", "n2_scale", "n2_bias", "n2_mean", "n2_var"], ["n2"]),
+        helper.make_node("Add", ["n2", "x"], ["sum"]),
+        helper.make_node("Relu", ["sum"], ["r2"]),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], kernel_shape=[3, 3], auto_pad="VALID"),
+    ], [("x", F32, [2, 16, 10, 10])], [("y", F32, [2, 16, 8, 8])],
+        {"w1": w(24, 16, 3, 3), "b1": w(24), **batch_norm("n1", 24), "w2": w(16, 24, 3, 3),
+         **batch_norm("n2", 16), "w3": w(16, 16, 3, 3)})
+
+
 def maxpool(name):
     return _model(name, [
         helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
@@ -179,9 +205,9 @@ def int32_ops(name):
 
 
 GRAPHS = {f.__name__: f for f in [
-    conv, conv_blocks, maxpool, avgpool, gemm, matmul_add, elementwise, reshape_transpose_flatten,
+    conv, conv_blocks, resnet_block, maxpool, avgpool, gemm, matmul_add, elementwise, reshape_transpose_flatten,
     softmax, concat, two_in_two_out, int64_ops, int32_ops]}
-PIPELINE_GRAPHS = ["conv", "conv_blocks", "elementwise"]  # also built with the other pipelines
+PIPELINE_GRAPHS = ["conv", "conv_blocks", "resnet_block", "elementwise"]  # also built with the other pipelines
 OTHER_PIPELINES = ["fold-fuse", "default"]
 
 NP_TYPE = {F32: np.float32, I64: np.int64, I32: np.int32}
@@ -327,6 +353,17 @@ def test_nhwc_fuses_each_activation_into_its_convolution(built):
     assert sum(k.count("_add") == 2 for k in convs) == 1, kernels  # bias and residual
     others = [k for k in kernels if k not in convs]
     assert all(re.fullmatch(r"transpose\d*|mean", k) for k in others), kernels
+
+
+def test_nhwc_computes_3x3_stride_1_convolutions_by_winograd(built):
+    """resnet_block's three convolutions, whatever their padding, and each
+    fused with its batch norm, residual add and ReLU; conv_blocks' grouped
+    and depthwise ones and conv's strided one stay direct."""
+    convs = [k for k in _kernels(built, "resnet_block") if "conv2d" in k]
+    assert len(convs) == 3 and all("conv2d_winograd" in k for k in convs), convs
+    assert sum("relu" in k for k in convs) == 2, convs
+    for name in ("conv", "conv_blocks"):
+        assert not any("winograd" in k for k in _kernels(built, name)), name
 
 
 @pytest.mark.parametrize("pipeline", OTHER_PIPELINES)

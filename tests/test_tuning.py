@@ -7,10 +7,12 @@ A small convolution with 4 trials per kernel keeps this to about a minute;
 tools/bench_inference.py measures what tuning buys on real models."""
 
 import json
+import sys
 
 import numpy as np
 import onnx
 import onnxruntime
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 TRIALS = 4
@@ -104,3 +106,18 @@ def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, 
 
     assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
                                tmp_path / "io")
+
+
+def test_a_record_cut_off_by_an_interrupted_tuning_run_is_left_out(repo, tmp_path):
+    """A tuning run killed while writing leaves a last line without its
+    newline: builds read the records before it. Damage anywhere else is
+    an error naming the file."""
+    sys.path.insert(0, str(repo / "site_scons"))
+    from wasmml import compile_model
+
+    records = tmp_path / compile_model.RECORDS_FILE
+    records.write_text('[0, [0.5]]\n[1, [0.25]]\n[2, [0.1')
+    assert compile_model._json_lines(str(records), "tuning record") == [[0, [0.5]], [1, [0.25]]]
+    records.write_text('[0, [0.5]]\n[1, [0.2\n[2, [0.125]]\n')
+    with pytest.raises(compile_model.ModelError, match=f"{records}: not a readable tuning record file"):
+        compile_model._json_lines(str(records), "tuning record")

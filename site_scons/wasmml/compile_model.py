@@ -165,12 +165,16 @@ def _nhwc(mod, stages=None):
     output channels are then the innermost, contiguous axis of the output
     and of the weights, so a kernel computes 4 of them per SIMD128 vector
     for any image size (XNNPACK's layout). Elementwise work follows the new
-    layout; the input and the final flatten pay one transpose each.
+    layout; the input and the final flatten pay one transpose each. 3x3
+    convolutions with stride 1 and enough channels and tiles are computed
+    by Winograd's F(4x4, 3x3) on weights packed at build time (winograd.py).
 
     A graph without convolutions is left as it is. Where TVM's ConvertLayout
     fails (seen on a max over a stacked axis), the graph keeps its layout:
     the build is slower, not wrong, and its log says so."""
     from tvm import relax
+
+    from wasmml import winograd
 
     if "relax.nn.conv2d" not in _operators(mod["main"]):
         return _fold_fuse(mod)
@@ -180,7 +184,7 @@ def _nhwc(mod, stages=None):
         if stages is not None:
             stages.note(f"convolutions kept in NCHW (TVM's ConvertLayout: {_first_line(e)})")
         converted = mod
-    return _fold_fuse(converted)
+    return _fold_fuse(winograd.rewrite(converted))
 
 
 def _operators(func):
@@ -345,11 +349,26 @@ def best_schedules(path):
 
 
 def _json_lines(path, what):
+    """The JSON values of a file with one per line. A last line without its
+    newline is a record that an interrupted tuning run was writing: it is
+    left out (the next `scons tune` rewrites the file without it)."""
     try:
         with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            text = f.read()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines and not text.endswith("\n") and not _is_json(lines[-1]):
+            lines.pop()
+        return [json.loads(line) for line in lines]
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: not a readable {what} file ({_first_line(e)})")
+
+
+def _is_json(text):
+    try:
+        json.loads(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _mean_run_seconds(record):
@@ -595,7 +614,19 @@ def compile_model(args, stages):
         obj = os.path.join(tmp, "kernels.o")
         build_object(lowered, target, obj)
         stages.done("kernels built")
-        write_outputs(args, plan, builder.weights, obj)
+        try:
+            write_outputs(args, plan, builder.weights, obj)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise ModelError(_write_error(e))
+
+
+def _write_error(e):
+    """One line for a failure to write the artifacts (a read-only or full
+    build directory)."""
+    if isinstance(e, subprocess.CalledProcessError):
+        return f"cannot write the kernel archive ({os.path.basename(e.cmd[0])} exited with {e.returncode})"
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write{where}: {e.strerror or e}"
 
 
 class CapturedStderr:
@@ -621,14 +652,18 @@ class CapturedStderr:
 
 def main(argv=None):
     args = parse_args(argv)
-    remove_outputs(args)
     log = CapturedStderr()
     stages = Stages()
     try:
+        try:
+            remove_outputs(args)
+        except OSError as e:
+            raise ModelError(_write_error(e))
         with log:
             compile_model(args, stages)
     except ModelError as e:
-        remove_outputs(args)
+        with contextlib.suppress(OSError):
+            remove_outputs(args)
         print(f"error: model '{args.name}': {e}", file=sys.stderr)
         return 1
     except BaseException:
@@ -641,4 +676,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # run as a script ($TVMCOM): its sibling modules are imported as wasmml.*
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

@@ -2,8 +2,9 @@
 //! JPEG) with the image classifier embedded at build time, or its N most
 //! probable classes with their probabilities.
 //!
-//! A file that cannot be read or decoded gets a one-line error on stderr;
-//! the other files are still classified, and the exit status is 1.
+//! A file that cannot be read or decoded, a directory, a file over 128 MiB
+//! or an image over the pixel limit gets a one-line error on stderr; the
+//! other files are still classified, and the exit status is 1.
 
 mod model {
     include!(concat!(env!("OUT_DIR"), "/model.rs"));
@@ -13,6 +14,11 @@ use model_vision::{Classifier, Prediction};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: classify [--top N] IMAGE...";
+/// Larger files are refused before they are read: the pixel limit bounds
+/// what a decodable photo needs (an uncompressed 33.5 Mpx RGB image is
+/// 100 MB), and reading a bigger file whole could exhaust the module's
+/// 4 GiB address space, which ends the program for every file.
+const MAX_FILE_BYTES: u64 = 128 << 20;
 
 struct Args {
     top: Option<usize>,
@@ -49,6 +55,17 @@ fn load_classifier() -> Result<Classifier, String> {
     Classifier::new(model, meta, labels).map_err(|e| format!("model '{}': {}", model::NAME, e))
 }
 
+fn read_image(path: &str) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {}", e))?;
+    if meta.is_dir() {
+        return Err("cannot read: is a directory".to_string());
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("file is {} bytes, more than the limit of {} bytes", meta.len(), MAX_FILE_BYTES));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read: {}", e))
+}
+
 fn print(image: &str, predictions: &[Prediction<'_>], args: &Args) {
     let prefix = if args.images.len() > 1 { format!("{}: ", image) } else { String::new() };
     match args.top {
@@ -80,11 +97,9 @@ fn main() -> ExitCode {
     let mut session = classifier.session();
     let mut failed = false;
     for image in &args.images {
-        let result = std::fs::read(image)
-            .map_err(|e| format!("cannot read: {}", e))
-            .and_then(|bytes| {
-                classifier.classify(&mut session, &bytes, args.top.unwrap_or(1)).map_err(|e| e.to_string())
-            });
+        let result = read_image(image).and_then(|bytes| {
+            classifier.classify(&mut session, &bytes, args.top.unwrap_or(1)).map_err(|e| e.to_string())
+        });
         match result {
             Ok(predictions) => print(image, &predictions, &args),
             Err(message) => {

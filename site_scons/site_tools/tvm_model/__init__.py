@@ -58,6 +58,8 @@ from wasmml import compile_model, toolchain
 
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
+# the compiler's code: a change to any of it recompiles every model
+COMPILER_SOURCES = [COMPILER, os.path.join(_WASMML_DIR, "winograd.py")]
 TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
 TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
 
@@ -107,7 +109,7 @@ def _emitter(target, source, env):
     sources = [meta_node] + ([onnx] if onnx.rexists() or onnx.has_builder() else [])
     if env["TVM_TUNING_DB"]:  # the tuned schedules are part of what is compiled
         sources += [env.Dir(env["TVM_TUNING_DB"]).File(f) for f in TUNING_FILES]
-    return targets, sources + [env.File(COMPILER)]
+    return targets, sources + [env.File(f) for f in COMPILER_SOURCES]
 
 
 def tuning_dir(meta_node, pipeline, features):

@@ -1,0 +1,181 @@
+"""3x3 convolutions by Winograd's minimal filtering, F(m x m, 3 x 3).
+
+A 3x3 convolution with stride 1 is computed per tile of m x m outputs from
+an (m+2) x (m+2) patch of input: the patch and the filter both move into
+the transform domain, where the convolution is an elementwise product, and
+over the input channels a batch of (m+2)^2 matrix products. F(4x4, 3x3)
+needs 36 multiplies for 16 outputs instead of 144. The filter's transform
+depends only on the weights, so the build does it once (pack_weights) and
+the kernel reads the packed weights; the kernel's four stages (gather and
+transform the input, the matrix products, transform back) are blocks of
+one TIR function that MetaSchedule tunes with its own rules for them
+(the block names and "schedule_rule" attributes below select those rules).
+
+Used by compile_model.py's nhwc pipeline, on convolutions in NHWC layout
+with HWIO weights (use_winograd says which).
+"""
+
+TILE = 4  # outputs per tile side: F(4x4, 3x3)
+# Below this many input or output channels the transforms cost more than
+# the multiplies saved (and such layers are rare in the networks that have
+# many 3x3 convolutions).
+MIN_CHANNELS = 16
+# The matrix products have one row per tile: with fewer, they are too short
+# for the kernel to keep its vector registers busy. ResNet50's 7x7 layers
+# (4 tiles) took 11.9 ms by Winograd against 10.2 ms direct, where its 14x14
+# ones (16 tiles) took 6.2 against 8.8 ms; and the packed weights, 4x the
+# size of the filters, would have added 57 MB to its module.
+MIN_TILES = 16
+NO_GENERIC_RULES = {"schedule_rule": "None"}
+
+
+def transform_matrices(tile=TILE):
+    """(A, B, G) of F(tile x tile, 3x3) as float64 numpy arrays, from TVM's
+    Cook-Toom construction with its low-error interpolation points:
+    Y = A^T [(G g G^T) * (B^T d B)] A."""
+    from tvm.topi.nn import winograd_util
+
+    points = winograd_util._interpolation_points(tile + 1)
+    return winograd_util._cook_toom_convolution(points, tile, 3)
+
+
+def pack_weights(hwio, tile=TILE):
+    """3x3 HWIO weights -> [alpha, alpha, I, O], alpha = tile + 2: each
+    filter in the transform domain, G g G^T, computed in float64."""
+    import numpy as np
+
+    _, _, g = transform_matrices(tile)
+    packed = np.einsum("ak,klio,bl->abio", g, hwio.astype(np.float64), g)
+    return packed.astype(hwio.dtype)
+
+
+def conv2d_nhwc(data, packed, padding, tile=TILE):
+    """The TE compute of a stride-1 3x3 convolution, NHWC data and weights
+    packed by pack_weights; padding is (top, left, bottom, right)."""
+    from tvm import te, topi
+    from tvm.topi.utils import const_matrix
+
+    n, h, w, _ = (int(d) for d in data.shape)
+    alpha, _, in_channels, out_channels = (int(d) for d in packed.shape)
+    top, left, bottom, right = padding
+    out_h, out_w = h + top + bottom - 2, w + left + right - 2
+    tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+    tiles = n * tiles_h * tiles_w
+    a_np, b_np, _ = transform_matrices(tile)
+    a = const_matrix(a_np.astype("float32"), "A")
+    b = const_matrix(b_np.astype("float32"), "B")
+
+    # pad up to whole tiles; the outputs past out_h, out_w are dropped
+    # The padding and the gathering into tiles are scheduled by the rule of
+    # the transform that reads them ("None" keeps the generic rules off: a
+    # second rule could inline a block the first one still refers to, which
+    # crashed MetaSchedule's search).
+    padded = topi.nn.pad(
+        data, (0, top, left, 0),
+        (0, tiles_h * tile + 2 - h - top, tiles_w * tile + 2 - w - left, 0), name="data_pad",
+        attrs=NO_GENERIC_RULES)
+
+    def tile_origin(t):
+        return t // (tiles_h * tiles_w), t // tiles_w % tiles_h * tile, t % tiles_w * tile
+
+    def patch(eps, nu, t, c):
+        image, y, x = tile_origin(t)
+        return padded[image, y + eps, x + nu, c]
+
+    input_tile = te.compute((alpha, alpha, tiles, in_channels), patch, name="input_tile",
+                            attrs=NO_GENERIC_RULES)
+    r1, r2 = te.reduce_axis((0, alpha), "r1"), te.reduce_axis((0, alpha), "r2")
+    data_pack = te.compute(
+        (alpha, alpha, tiles, in_channels),
+        lambda eps, nu, t, c: te.sum(
+            input_tile[r1, r2, t, c] * b[r1, eps] * b[r2, nu], axis=[r1, r2]),
+        name="data_pack", attrs={"schedule_rule": "conv2d_nhwc_winograd_data_pack"})
+    ci = te.reduce_axis((0, in_channels), "ci")
+    bgemm = te.compute(
+        (alpha, alpha, tiles, out_channels),
+        lambda eps, nu, t, co: te.sum(data_pack[eps, nu, t, ci] * packed[eps, nu, ci, co], axis=[ci]),
+        name="bgemm", attrs={"meta_schedule.write_cache_level": [2]})
+    r1, r2 = te.reduce_axis((0, alpha), "r1"), te.reduce_axis((0, alpha), "r2")
+    inverse = te.compute(
+        (tile, tile, tiles, out_channels),
+        lambda y, x, t, co: te.sum(bgemm[r1, r2, t, co] * a[r1, y] * a[r2, x], axis=[r1, r2]),
+        name="inverse", attrs={"schedule_rule": "conv2d_nhwc_winograd_inverse"})
+    return te.compute(
+        (n, out_h, out_w, out_channels),
+        lambda i, y, x, co: inverse[y % tile, x % tile,
+                                    (i * tiles_h + y // tile) * tiles_w + x // tile, co],
+        name="conv2d_winograd")
+
+
+def use_winograd(call, data_shape, weight):
+    """Whether a relax conv2d call, with the shape of its data and its
+    weight as a numpy array (None when not a constant), is one this module
+    computes."""
+    attrs = call.attrs
+    if data_shape is None or len(data_shape) != 4:
+        return False
+    n, h, w, _ = data_shape
+    top, left, bottom, right = (int(p) for p in attrs.padding)
+    tiles = n * -(-(h + top + bottom - 2) // TILE) * -(-(w + left + right - 2) // TILE)
+    return (weight is not None and weight.ndim == 4 and weight.shape[:2] == (3, 3)
+            and tiles >= MIN_TILES
+            and attrs.data_layout == "NHWC" and attrs.kernel_layout == "HWIO"
+            and attrs.out_layout == "NHWC" and int(attrs.groups) == 1
+            and [int(s) for s in attrs.strides] == [1, 1]
+            and [int(d) for d in attrs.dilation] == [1, 1]
+            and min(weight.shape[2], weight.shape[3]) >= MIN_CHANNELS
+            and str(weight.dtype) == "float32" and str(attrs.out_dtype or "float32") == "float32")
+
+
+def rewrite(mod):
+    """`mod` with each eligible conv2d of main replaced by a call of the
+    Winograd kernel on pre-packed constant weights."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    permute_dims = tvm.ir.Op.get("relax.permute_dims")
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if call.op != conv2d:
+                return call
+            weight = self._constant(call.args[1])
+            if not use_winograd(call, _static_shape(call.args[0]), weight):
+                return call
+            top, left, bottom, right = (int(p) for p in call.attrs.padding)
+            packed = relax.const(pack_weights(weight))
+            return self.builder_.call_te(conv2d_nhwc, call.args[0], packed,
+                                         (top, left, bottom, right),
+                                         primfunc_name_hint="conv2d_winograd")
+
+        def _constant(self, expr):
+            """The value of a weight as numpy: a constant, or a constant
+            that ConvertLayout moved to HWIO (permute_dims). None otherwise."""
+            expr = self._bound(expr)
+            if isinstance(expr, relax.Call) and expr.op == permute_dims:
+                value = self._constant(expr.args[0])
+                return None if value is None else value.transpose([int(a) for a in expr.attrs.axes])
+            value = getattr(expr, "value", None)  # a relax constant holds a tensor
+            return value.numpy() if isinstance(value, tvm.runtime.Tensor) else None
+
+        def _bound(self, expr):
+            while isinstance(expr, relax.Var) and self.lookup_binding(expr) is not None:
+                expr = self.lookup_binding(expr)
+            return expr
+
+    rewriter = Rewriter(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+    return rewriter.builder_.get()
+
+
+def _static_shape(expr):
+    """The shape of a relax tensor expression as ints, None if not static."""
+    try:
+        return [int(d) for d in expr.ty.shape]
+    except (AttributeError, TypeError, ValueError):
+        return None
