@@ -13,6 +13,7 @@ and a real HTTP client on loopback.
 
 import concurrent.futures
 import json
+import socket
 import sys
 import time
 
@@ -198,3 +199,72 @@ def test_a_taken_port_is_one_line(tmp_path, keys, host):
     h = Host(actor, "--issuer", keys[0].public_key, port=host.port)
     code, err = h.stop()
     assert code == 1 and err.startswith(f"error: cannot listen on 127.0.0.1:{host.port}"), err
+
+
+@pytest.fixture(scope="module")
+def strict_host(tmp_path_factory, keys):
+    """A host with few connections and a short time to send a request."""
+    actor = signed(tmp_path_factory.mktemp("wat-actor-strict"), keys)
+    h = Host(actor, "--issuer", keys[0].public_key, "--instances", 1, "--max-connections", 4,
+             "--request-timeout", 1.5, "--client-timeout", 1.0)
+    assert h.banner.startswith("serving misbehaving"), h.stop()
+    yield h
+    code, err = h.stop()
+    assert code == 0 and "Traceback" not in err, err
+
+
+def _connect(port):
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def _read_all(sock):
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_client_trickling_its_request_is_cut_off_with_408(strict_host):
+    """A byte every 0.3 s never trips the 1 s read timeout, but the whole
+    request must arrive within 1.5 s."""
+    started = time.monotonic()
+    with _connect(strict_host.port) as sock:
+        sock.sendall(b"PUT / HTTP/1.1\r\nHost: localhost\r\n")
+        try:
+            for byte in b"X-Slow: " + b"a" * 40:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.3)
+        except OSError:
+            pass  # the host closed the connection
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert time.monotonic() - started < 6
+    assert strict_host.request("PUT", b"hello")[::2] == (200, b"ok")
+
+
+def test_connections_over_the_limit_get_503_and_the_host_recovers(strict_host):
+    idle = [_connect(strict_host.port) for _ in range(4)]
+    try:
+        time.sleep(0.2)  # all four accepted and holding their slots
+        with _connect(strict_host.port) as extra:
+            answer = _read_all(extra)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert b"over the limit of 4 connections" in answer
+    finally:
+        for sock in idle:
+            sock.close()
+    time.sleep(0.5)  # their threads notice and free the slots
+    assert strict_host.request("PUT", b"hello")[::2] == (200, b"ok")
+
+
+def test_a_request_body_sent_slowly_is_cut_off_with_408(strict_host):
+    with _connect(strict_host.port) as sock:
+        sock.sendall(b"PUT / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        try:
+            for _ in range(20):
+                sock.sendall(b"x")
+                time.sleep(0.3)
+        except OSError:
+            pass
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer

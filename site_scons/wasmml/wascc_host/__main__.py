@@ -45,6 +45,10 @@ def parse_args(argv):
                    help="memory limit of each instance (default: 512)")
     p.add_argument("--client-timeout", type=_positive(float), default=30.0, metavar="SECONDS",
                    help="drop a client that sends nothing for this long (default: 30)")
+    p.add_argument("--request-timeout", type=_positive(float), default=60.0, metavar="SECONDS",
+                   help="time to send a whole request, headers and body (default: 60)")
+    p.add_argument("--max-connections", type=_positive(int), default=64, metavar="N",
+                   help="connections open at once; more are answered 503 (default: 64)")
     p.add_argument("--issuer", action="append", metavar="ACCOUNT",
                    help="trusted account public key (A...); repeatable "
                         "(default: the account of --keys-dir, if it has one)")
@@ -118,7 +122,8 @@ def serve(ns):
         return _error(f"{ns.actor}: {e}")
     try:
         server = Server((ns.host, ns.port), max_body=ns.max_body,
-                        client_timeout=ns.client_timeout, quiet=ns.quiet)
+                        client_timeout=ns.client_timeout, request_timeout=ns.request_timeout,
+                        max_connections=ns.max_connections, quiet=ns.quiet)
     except (OSError, socket.gaierror) as e:
         return _error(f"cannot listen on {ns.host}:{ns.port}: {e.strerror}")
     with server:

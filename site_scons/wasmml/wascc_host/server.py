@@ -6,6 +6,8 @@ them (see /work/shared/WASCC.md). Whatever goes wrong on the actor's side is
 answered with a JSON error body; an instance that trapped or timed out is
 replaced by a fresh one, so the host keeps serving.
 """
+import contextlib
+import http
 import http.server
 import json
 import queue
@@ -13,6 +15,7 @@ import re
 import socket
 import socketserver
 import sys
+import threading
 import time
 import urllib.parse
 
@@ -75,15 +78,37 @@ class Pool:
 
 
 class Server(http.server.ThreadingHTTPServer):
+    """One thread per connection, at most `max_connections` of them: one
+    more is answered 503 and closed at once, so a flood of connections
+    cannot exhaust threads or memory. A client has `client_timeout` seconds
+    for each read and `request_timeout` for a whole request, so one that
+    trickles its headers or body a byte at a time is cut off too (408)."""
+
     daemon_threads = True
 
-    def __init__(self, address, *, pool=None, max_body=16 << 20, client_timeout=30.0, quiet=False):
+    def __init__(self, address, *, pool=None, max_body=16 << 20, client_timeout=30.0,
+                 request_timeout=60.0, max_connections=64, quiet=False):
         """Listens at once (so a taken port fails early); serves once `pool` is set."""
         self.pool, self.max_body = pool, max_body
-        self.client_timeout, self.quiet = client_timeout, quiet
+        self.client_timeout, self.request_timeout, self.quiet = client_timeout, request_timeout, quiet
+        self.max_connections = max_connections
+        self._connections = threading.BoundedSemaphore(max_connections)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address):
+        if not self._connections.acquire(blocking=False):
+            _refuse(request, 503, f"over the limit of {self.max_connections} connections")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connections.release()
 
     def handle_error(self, request, client_address):
         # one line, not a traceback: mostly a client that went away mid-answer
@@ -94,6 +119,20 @@ class Server(http.server.ThreadingHTTPServer):
         # HTTPServer's own looks up the host's FQDN, which can hang without DNS
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+
+def _refuse(sock, status, message):
+    """A whole error response, written straight to a connection that no
+    handler serves (or whose handler is stuck reading); best effort."""
+    body = json.dumps({"error": message}).encode()
+    head = (f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n")
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(head.encode() + body)
+    except OSError:
+        pass
 
 
 class BadRequest(Exception):
@@ -118,6 +157,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.timeout = self.server.client_timeout  # a stalled client must not hold a thread forever
         super().setup()
 
+    def handle_one_request(self):
+        # The deadline runs from when we wait for a request until its body
+        # is read (_received); a keep-alive wait counts towards it.
+        self._reading = threading.Lock()
+        self._deadline = threading.Timer(self.server.request_timeout, self._request_too_slow)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._received()
+
+    def _received(self):
+        """Stops the deadline: False if it has already answered 408."""
+        self._deadline.cancel()
+        return self._reading.acquire(blocking=False)
+
+    def _request_too_slow(self):
+        if not self._reading.acquire(blocking=False):
+            return  # the request arrived just in time
+        _refuse(self.connection, 408, f"request not received within {self.server.request_timeout:g} s")
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)  # wakes the handler's read
+
     def parse_request(self):
         self._started = time.monotonic()
         return super().parse_request()
@@ -136,9 +199,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = self._read_body()
         except BadRequest as e:
             return self._send_error(e.status, str(e))
-        except ConnectionError as e:
+        except (ConnectionError, OSError) as e:
             self.close_connection = True
             return self.log_error("%s %s: %s", self.command, self.path, e)
+        if not self._received():
+            self.close_connection = True
+            return None
         path, _, query = self.path.partition("?")
         if "://" in path:  # absolute-form request target
             path = urllib.parse.urlsplit(path).path or "/"
