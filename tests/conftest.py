@@ -35,13 +35,22 @@ def cargo_target_dir():
 
 
 @pytest.fixture(scope="session")
-def scons(cargo_target_dir):
+def scons_command(cargo_target_dir):
+    """scons_command(*args, cwd): the command line that runs the test project
+    with cwd as its top directory ('#', where build/ goes)."""
+    def command(*args, cwd):
+        return [str(SCONS), "-C", str(cwd), "-f", str(REPO / "tests" / "project" / "SConstruct"),
+                "--site-dir", str(REPO / "site_scons"), f"CARGO_TARGET_DIR={cargo_target_dir}",
+                *map(str, args)]
+    return command
+
+
+@pytest.fixture(scope="session")
+def scons(scons_command):
     """scons(*args, cwd, check=True): runs the test project with cwd as its
     top directory ('#', where build/ goes). Returns the CompletedProcess."""
     def run(*args, cwd, check=True):
-        cmd = [str(SCONS), "-C", str(cwd), "-f", str(REPO / "tests" / "project" / "SConstruct"),
-               "--site-dir", str(REPO / "site_scons"), f"CARGO_TARGET_DIR={cargo_target_dir}",
-               *map(str, args)]
+        cmd = scons_command(*args, cwd=cwd)
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT)
         if check and proc.returncode != 0:
             pytest.fail(f"scons failed with status {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")

@@ -75,8 +75,8 @@ def conv_blocks(name):
 def resnet_block(name):
     """A ResNet basic block on a batch of two: 3x3 convolutions with stride
     1 (the nhwc pipeline computes these by Winograd's F(4x4, 3x3)), batch
-    normalisation, explicit, SAME_UPPER and VALID padding, and an image
-    size (10x10) that is not a whole number of 4x4 tiles."""
+    normalisation, padded and unpadded, on images (14x14, then 12x12) that
+    are not a whole number of 4x4 tiles."""
     r = _rng(name)
     w = lambda *shape: (r.standard_normal(shape) * 0.2).astype(np.float32)  # noqa: E731
 
@@ -88,12 +88,12 @@ def resnet_block(name):
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["c1", "n1_scale", "n1_bias", "n1_mean", "n1_var"], ["n1"]),
         helper.make_node("Relu", ["n1"], ["r1"]),
-        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["c2", "n2_scale", "n2_bias", "n2_mean", "n2_var"], ["n2"]),
         helper.make_node("Add", ["n2", "x"], ["sum"]),
         helper.make_node("Relu", ["sum"], ["r2"]),
         helper.make_node("Conv", ["r2", "w3"], ["y"], kernel_shape=[3, 3], auto_pad="VALID"),
-    ], [("x", F32, [2, 16, 10, 10])], [("y", F32, [2, 16, 8, 8])],
+    ], [("x", F32, [2, 16, 14, 14])], [("y", F32, [2, 16, 12, 12])],
         {"w1": w(24, 16, 3, 3), "b1": w(24), **batch_norm("n1", 24), "w2": w(16, 24, 3, 3),
          **batch_norm("n2", 16), "w3": w(16, 16, 3, 3)})
 
@@ -111,6 +111,90 @@ def avgpool(name):
         helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                          pads=[1, 1, 1, 1], count_include_pad=0),
     ], [("x", F32, [1, 2, 7, 7])], [("y", F32, [1, 2, 4, 4])])
+
+
+def split_pool_resize(name):
+    """Split into two halves of the channels: max pooling then nearest
+    upsampling (Resize) on one, global max pooling broadcast over the
+    image on the other, a sigmoid gate, and the halves concatenated."""
+    return _model(name, [
+        helper.make_node("Split", ["x", "halves"], ["a", "b"], axis=1),
+        helper.make_node("MaxPool", ["a"], ["pa"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Resize", ["pa", "", "scales"], ["ua"], mode="nearest"),
+        helper.make_node("GlobalMaxPool", ["b"], ["gb"]),
+        helper.make_node("Sigmoid", ["gb"], ["sb"]),
+        helper.make_node("Mul", ["b", "sb"], ["mb"]),
+        helper.make_node("Concat", ["ua", "mb"], ["y"], axis=1),
+    ], [("x", F32, [2, 6, 8, 8])], [("y", F32, [2, 6, 8, 8])],
+        {"halves": np.array([3, 3], dtype=np.int64),
+         "scales": np.array([1, 1, 2, 2], dtype=np.float32)})
+
+
+def resize_bilinear(name):
+    """Bilinear upsampling by 2 with half-pixel centres (PyTorch's
+    align_corners=False), as segmentation heads use."""
+    return _model(name, [
+        helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="linear",
+                         coordinate_transformation_mode="half_pixel"),
+    ], [("x", F32, [1, 3, 5, 7])], [("y", F32, [1, 3, 10, 14])],
+        {"scales": np.array([1, 1, 2, 2], dtype=np.float32)})
+
+
+def pads_and_pools(name):
+    """Asymmetric, SAME_LOWER and SAME_UPPER padding, a strided dilated
+    convolution, average pooling that counts the padding, and dilated max
+    pooling."""
+    r = _rng(name)
+    return _model(name, [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], kernel_shape=[3, 3], pads=[0, 1, 2, 0]),
+        helper.make_node("Conv", ["c1", "w2"], ["c2"], kernel_shape=[3, 3], auto_pad="SAME_LOWER",
+                         strides=[2, 2]),
+        helper.make_node("AveragePool", ["c2"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                         count_include_pad=1),
+        helper.make_node("MaxPool", ["c1"], ["p2"], kernel_shape=[2, 2], dilations=[2, 2]),
+        helper.make_node("Conv", ["c1", "w3"], ["c3"], kernel_shape=[3, 3], dilations=[2, 2],
+                         strides=[2, 1], pads=[2, 2, 2, 2]),
+        helper.make_node("Conv", ["c1", "w4"], ["c4"], kernel_shape=[2, 2], auto_pad="SAME_UPPER"),
+    ], [("x", F32, [1, 3, 9, 8])],
+        [("p1", F32, [1, 4, 5, 4]), ("p2", F32, [1, 4, 7, 5]), ("c3", F32, [1, 4, 5, 7]),
+         ("c4", F32, [1, 2, 9, 7])],
+        {"w1": r.standard_normal((4, 3, 3, 3), dtype=np.float32),
+         "w2": r.standard_normal((4, 4, 3, 3), dtype=np.float32),
+         "w3": r.standard_normal((4, 4, 3, 3), dtype=np.float32),
+         "w4": r.standard_normal((2, 4, 2, 2), dtype=np.float32)})
+
+
+def broadcast_both_ways(name):
+    """Operands that are each expanded along another axis ([2,1,4] and
+    [3,1]), a scalar, a Where with a broadcast condition, and Clip with
+    attribute-free bounds as inputs."""
+    return _model(name, [
+        helper.make_node("Add", ["a", "b"], ["s"]),
+        helper.make_node("Mul", ["s", "two"], ["m"]),
+        helper.make_node("Greater", ["b", "zero"], ["positive"]),
+        helper.make_node("Where", ["positive", "m", "a"], ["w"]),
+        helper.make_node("Clip", ["w", "lo", "hi"], ["y"]),
+    ], [("a", F32, [2, 1, 4]), ("b", F32, [3, 1])], [("y", F32, [2, 3, 4])],
+        {"two": np.float32(2.0), "zero": np.float32(0.0),
+         "lo": np.float32(-1.5), "hi": np.float32(2.5)})
+
+
+def weights_from_nodes(name):
+    """Weights that nodes make (Constant, ConstantOfShape) instead of
+    initializers, and outputs that are the input itself and a constant."""
+    r = _rng(name)
+    weight = numpy_helper.from_array(r.standard_normal((4, 3), dtype=np.float32), "w")
+    return _model(name, [
+        helper.make_node("Constant", [], ["w"], value=weight),
+        helper.make_node("ConstantOfShape", ["bias_shape"], ["bias"],
+                         value=numpy_helper.from_array(np.array([0.25], dtype=np.float32))),
+        helper.make_node("MatMul", ["x", "w"], ["t"]),
+        helper.make_node("Add", ["t", "bias"], ["y"]),
+        helper.make_node("Identity", ["x"], ["same"]),
+        helper.make_node("Constant", [], ["table"],
+                         value=numpy_helper.from_array(np.arange(6, dtype=np.int64).reshape(2, 3))),
+    ], [("x", F32, [2, 4])], [("y", F32, [2, 3]), ("same", F32, [2, 4]), ("table", I64, [2, 3])],
+        {"bias_shape": np.array([3], dtype=np.int64)})
 
 
 def gemm(name):
@@ -205,8 +289,9 @@ def int32_ops(name):
 
 
 GRAPHS = {f.__name__: f for f in [
-    conv, conv_blocks, resnet_block, maxpool, avgpool, gemm, matmul_add, elementwise, reshape_transpose_flatten,
-    softmax, concat, two_in_two_out, int64_ops, int32_ops]}
+    conv, conv_blocks, resnet_block, pads_and_pools, maxpool, avgpool, split_pool_resize,
+    resize_bilinear, gemm, matmul_add, elementwise, broadcast_both_ways, reshape_transpose_flatten,
+    softmax, concat, two_in_two_out, weights_from_nodes, int64_ops, int32_ops]}
 PIPELINE_GRAPHS = ["conv", "conv_blocks", "resnet_block", "elementwise"]  # also built with the other pipelines
 OTHER_PIPELINES = ["fold-fuse", "default"]
 
@@ -356,12 +441,12 @@ def test_nhwc_fuses_each_activation_into_its_convolution(built):
 
 
 def test_nhwc_computes_3x3_stride_1_convolutions_by_winograd(built):
-    """resnet_block's three convolutions, whatever their padding, and each
-    fused with its batch norm, residual add and ReLU; conv_blocks' grouped
-    and depthwise ones and conv's strided one stay direct."""
+    """resnet_block's three convolutions, padded or not, the first two with
+    their batch norm fused; conv_blocks' grouped and depthwise ones and
+    conv's strided one stay direct."""
     convs = [k for k in _kernels(built, "resnet_block") if "conv2d" in k]
     assert len(convs) == 3 and all("conv2d_winograd" in k for k in convs), convs
-    assert sum("relu" in k for k in convs) == 2, convs
+    assert sum("_subtract" in k and "_divide" in k for k in convs) == 2, convs
     for name in ("conv", "conv_blocks"):
         assert not any("winograd" in k for k in _kernels(built, name)), name
 

@@ -210,10 +210,33 @@ DEFAULT_PIPELINE = "nhwc"
 LAYOUT_PIPELINES = {"nhwc"}
 
 
+def check_operators(model):
+    """Fails on the first node whose operator TVM's ONNX importer lacks,
+    naming it, before the importer fails on it with less to go on."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    known = onnx_frontend._get_convert_map()
+    missing = [n for n in model.graph.node
+               if n.domain not in ("", "ai.onnx") or n.op_type not in known]
+    if missing:
+        node, op = missing[0], _operator_name(missing[0])
+        others = sorted({_operator_name(n) for n in missing} - {op})
+        also = f"; also unsupported: {', '.join(others)}" if others else ""
+        raise ModelError(
+            f"node '{node.name or '(unnamed)'}' (operator {op}) is not supported by TVM's ONNX "
+            f"importer ({len(missing)} such node{'s' if len(missing) > 1 else ''}{also}); export the "
+            "model without it, or rewrite it with supported operators")
+
+
+def _operator_name(node):
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+
+
 def to_relax(model, shapes, pipeline=DEFAULT_PIPELINE):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    check_operators(model)
     try:
         with _clip_as_relax_ops(pipeline in LAYOUT_PIPELINES):
             mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
@@ -513,12 +536,7 @@ class PlanBuilder:
         for block in func.body.blocks:
             for binding in block.bindings:
                 self.bind(binding.var, binding.value)
-        result = func.body.body
-        if isinstance(result, relax.Tuple):
-            out = [self._arg(f)["tensor"] for f in result.fields]
-        else:
-            out = self.values[result]
-            out = list(out) if isinstance(out, tuple) else [out]
+        out = self._outputs(func.body.body)
         if len(out) != len(output_names):
             raise ModelError(f"graph has {len(output_names)} outputs but TVM produced {len(out)}")
         return {
@@ -531,6 +549,19 @@ class PlanBuilder:
             "outputs": [{"name": n, "tensor": t} for n, t in zip(output_names, out)],
             "steps": self.steps,
         }
+
+    def _outputs(self, result):
+        """The tensors of main's result: a tuple of them, a variable (bound
+        to a tensor or a tuple), or a constant (a graph whose only output is
+        an initializer or a Constant node)."""
+        from tvm import relax
+
+        if isinstance(result, relax.Tuple):
+            return [self._arg(f)["tensor"] for f in result.fields]
+        if isinstance(result, relax.Var):
+            out = self.values[result]
+            return list(out) if isinstance(out, tuple) else [out]
+        return [self._arg(result)["tensor"]]
 
 
 def _nbytes(dtype, shape):

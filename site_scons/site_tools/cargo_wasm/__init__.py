@@ -33,7 +33,7 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Scanner
 
-from wasmml import toolchain
+from wasmml import buildlock, toolchain
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
@@ -213,6 +213,7 @@ def _rustflags(env):
 
 
 def generate(env):
+    buildlock.hold(env.Dir("#").abspath)
     try:
         # Kept beside SCons's own state (.sconsign.dblite), not in build/.
         rust = toolchain.find_rust(env.File("#.sconsign.rust-toolchain.json").abspath)

@@ -54,7 +54,7 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Util
 
-from wasmml import compile_model, toolchain
+from wasmml import buildlock, compile_model, toolchain
 
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
@@ -232,6 +232,7 @@ class _CompileAction(SCons.Action.CommandAction):
 
 
 def generate(env):
+    buildlock.hold(env.Dir("#").abspath)
     env.SetDefault(
         PYTHON=sys.executable,
         TVM_COMPILER=COMPILER,
