@@ -217,3 +217,17 @@ def test_logits_match_onnxruntime(built, reference, photo):
         assert int(got.argmax()) in CAT_CLASSES
     if photo == "coffee.png":
         assert int(got.argmax()) == ESPRESSO
+
+
+def test_the_module_sees_only_the_directory_it_was_given(built):
+    """Given models/images only, it reads photos there and nothing else: not
+    a file beside it, not one reached with .., not an absolute path."""
+    outside = ["README.md", "models/images/../../README.md", "/etc/passwd", str(REPO / "README.md")]
+    cmd = [sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "models/images",
+           str(built["classify"]), "models/images/coffee.png", *outside]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert out.stdout == f"models/images/coffee.png: {labels()[ESPRESSO]}\n"
+    errors = out.stderr.splitlines()
+    assert [line.split(": ")[1] for line in errors] == outside, out.stderr
+    assert all("cannot read" in line for line in errors), out.stderr
