@@ -231,3 +231,30 @@ def test_two_builds_started_at_once_in_one_tree_both_succeed(scons_command, tmp_
     assert not list((top / "build").rglob("*.tmp"))
     wasm = (top / "build" / "good" / "run-model.wasm").read_bytes()
     assert wasm[:4] == b"\0asm"
+
+
+# --- paths with spaces and non-ASCII characters ---------------------------------
+
+def test_paths_with_spaces_and_non_ascii_characters(scons, run_wasm, tmp_path):
+    """A model, its tuning database and the build tree in directories named
+    with spaces and accents: every path reaches TVM, cargo and the tuner's
+    command lines whole, and the module matches onnxruntime."""
+    model = good_model()
+    meta = write_model(tmp_path / "my models" / "modèle ñ", "good", model.SerializeToString())
+    database = meta.parent / "tuning" / "nhwc" / "simd128"
+    database.mkdir(parents=True)
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        (database / name).write_text("")  # applied, though it tunes nothing
+    top = tmp_path / "build tree é"
+    top.mkdir()
+    proc = scons("MODELS=" + str(meta), cwd=top)
+    assert "Compiling model good with TVM (wasm32 +simd128, nhwc, tuned)" in proc.stdout, proc.stdout
+    io = tmp_path / "i o"
+    io.mkdir()
+    x = np.random.default_rng(1).standard_normal((1, 2, 6, 6), dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(top / "build" / "good" / "run-model.wasm", io)
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 4, 6, 6)
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

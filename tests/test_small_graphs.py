@@ -98,6 +98,33 @@ def resnet_block(name):
          **batch_norm("n2", 16), "w3": w(16, 16, 3, 3)})
 
 
+def mobile_head(name):
+    """A MobileNetV3-like tail on a batch of three: a grouped strided
+    convolution with bias, HardSwish, a squeeze-and-excite gate (global
+    average pool, 1x1 convolutions, HardSigmoid), LeakyReLU, PRelu, then
+    flatten, Gemm and Softmax."""
+    r = _rng(name)
+    w = lambda *shape: (r.standard_normal(shape) * 0.3).astype(np.float32)  # noqa: E731
+    return _model(name, [
+        helper.make_node("Conv", ["x", "wg", "bg"], ["c"], kernel_shape=[3, 3], group=2,
+                         strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["c"], ["h"]),
+        helper.make_node("GlobalAveragePool", ["h"], ["g"]),
+        helper.make_node("Conv", ["g", "ws1"], ["s1"], kernel_shape=[1, 1]),
+        helper.make_node("Relu", ["s1"], ["s2"]),
+        helper.make_node("Conv", ["s2", "ws2"], ["s3"], kernel_shape=[1, 1]),
+        helper.make_node("HardSigmoid", ["s3"], ["gate"], alpha=1 / 6, beta=0.5),
+        helper.make_node("Mul", ["h", "gate"], ["e"]),
+        helper.make_node("LeakyRelu", ["e"], ["l"], alpha=0.1),
+        helper.make_node("PRelu", ["l", "slope"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ], [("x", F32, [3, 4, 8, 8])], [("y", F32, [3, 5])],
+        {"wg": w(8, 2, 3, 3), "bg": w(8), "ws1": w(4, 8, 1, 1), "ws2": w(8, 4, 1, 1),
+         "slope": w(8, 1, 1), "wf": w(5, 8 * 4 * 4), "bf": w(5)})
+
+
 def maxpool(name):
     return _model(name, [
         helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
@@ -289,7 +316,7 @@ def int32_ops(name):
 
 
 GRAPHS = {f.__name__: f for f in [
-    conv, conv_blocks, resnet_block, pads_and_pools, maxpool, avgpool, split_pool_resize,
+    conv, conv_blocks, resnet_block, mobile_head, pads_and_pools, maxpool, avgpool, split_pool_resize,
     resize_bilinear, gemm, matmul_add, elementwise, broadcast_both_ways, reshape_transpose_flatten,
     softmax, concat, two_in_two_out, weights_from_nodes, int64_ops, int32_ops]}
 PIPELINE_GRAPHS = ["conv", "conv_blocks", "resnet_block", "elementwise"]  # also built with the other pipelines

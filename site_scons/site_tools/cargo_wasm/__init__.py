@@ -41,10 +41,10 @@ from wasmml import buildlock, toolchain
 # checkouts in other directories share a CacheDir; the files behind them are
 # sources of the build.
 CARGOCOM = (
-    "env RUSTC=$RUSTC $( WASM_MODEL_DIR=$WASM_MODEL_DIR $) WASM_MODEL_NAME=$WASM_MODEL_NAME "
+    "env RUSTC=$RUSTC $( \"WASM_MODEL_DIR=$WASM_MODEL_DIR\" $) WASM_MODEL_NAME=$WASM_MODEL_NAME "
     "$( RUSTFLAGS=$_CARGO_RUSTFLAGS $) "
-    "$CARGO build --release --locked --quiet $( --manifest-path $CARGO_MANIFEST "
-    "--target-dir ${__env__.Dir(CARGO_TARGET_DIR).abspath} $) --target $CARGO_TRIPLE "
+    "$CARGO build --release --locked --quiet $( --manifest-path \"$CARGO_MANIFEST\" "
+    "--target-dir \"${__env__.Dir(CARGO_TARGET_DIR).abspath}\" $) --target $CARGO_TRIPLE "
     "${_cargo_artifact_flags(__env__)} $( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
 )
 

@@ -70,13 +70,13 @@ TVMCOM = (
     "$( $PYTHON $TVM_COMPILER $_TVM_QUIET $) --name $TVM_MODEL_NAME --meta ${SOURCES[0]} "
     "--onnx $TVM_ONNX --archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
     "--llvm-ar $( $LLVM_AR $) --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
-    "$_TVM_SHAPE_FLAGS $( ${'--tuning-db ' + TVM_TUNING_DB if TVM_TUNING_DB else ''} $)"
+    "$_TVM_SHAPE_FLAGS $( ${'--tuning-db \"%s\"' % TVM_TUNING_DB if TVM_TUNING_DB else ''} $)"
 )
 TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
-    "--database $TVM_TUNING_DB --trials-per-task $TUNE_TRIALS --focus $TUNE_FOCUS $_TVM_SHAPE_FLAGS "
+    "--database \"$TVM_TUNING_DB\" --trials-per-task $TUNE_TRIALS --focus $TUNE_FOCUS $_TVM_SHAPE_FLAGS "
     "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
-    "--logs ${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME"
+    "--logs \"${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME\""
 )
 
 
