@@ -79,15 +79,21 @@ def signed(tmp_path, keys, name="misbehaving.wasm", **claims):
     return path
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory, keys):
+def serving(tmp_path_factory, keys, *options):
+    """A host of the WAT actor with these options, for a fixture to yield;
+    it must stop cleanly."""
     actor = signed(tmp_path_factory.mktemp("wat-actor"), keys)
-    h = Host(actor, "--issuer", keys[0].public_key, "--instances", 2, "--timeout", 0.5,
-             "--max-memory", 32, "--max-body", 4096)
+    h = Host(actor, "--issuer", keys[0].public_key, *options)
     assert h.banner.startswith("serving misbehaving"), h.stop()
     yield h
     code, err = h.stop()
     assert code == 0 and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, keys):
+    yield from serving(tmp_path_factory, keys, "--instances", 2, "--timeout", 0.5,
+                       "--max-memory", 32, "--max-body", 4096)
 
 
 def error_of(answer):
@@ -204,13 +210,8 @@ def test_a_taken_port_is_one_line(tmp_path, keys, host):
 @pytest.fixture(scope="module")
 def strict_host(tmp_path_factory, keys):
     """A host with few connections and a short time to send a request."""
-    actor = signed(tmp_path_factory.mktemp("wat-actor-strict"), keys)
-    h = Host(actor, "--issuer", keys[0].public_key, "--instances", 1, "--max-connections", 4,
-             "--request-timeout", 1.5, "--client-timeout", 1.0)
-    assert h.banner.startswith("serving misbehaving"), h.stop()
-    yield h
-    code, err = h.stop()
-    assert code == 0 and "Traceback" not in err, err
+    yield from serving(tmp_path_factory, keys, "--instances", 1, "--max-connections", 4,
+                       "--request-timeout", 1.5, "--client-timeout", 1.0)
 
 
 def _connect(port):
