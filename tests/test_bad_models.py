@@ -199,7 +199,7 @@ def test_unwritable_build_directory_is_one_line(repo, tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     ours = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: model 'good': ")]
-    assert len(ours) == 1 and "cannot write" in ours[0], proc.stderr
+    assert len(ours) == 1 and f"cannot write {out / 'libgood.a'}" in ours[0], proc.stderr
     assert blocked.read_text().startswith("a file where")
 
 

@@ -654,8 +654,9 @@ def compile_model(args, stages):
 def _write_error(e):
     """One line for a failure to write the artifacts (a read-only or full
     build directory)."""
-    if isinstance(e, subprocess.CalledProcessError):
-        return f"cannot write the kernel archive ({os.path.basename(e.cmd[0])} exited with {e.returncode})"
+    if isinstance(e, subprocess.CalledProcessError):  # llvm-ar rcsD ARCHIVE.tmp MEMBER
+        archive = e.cmd[2][:-len(".tmp")]
+        return f"cannot write {archive} ({os.path.basename(e.cmd[0])} exited with {e.returncode})"
     where = f" {e.filename}" if e.filename else ""
     return f"cannot write{where}: {e.strerror or e}"
 
