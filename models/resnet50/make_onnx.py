@@ -66,6 +66,18 @@ class Graph:
         return self.relu(total)
 
 
+    def basic(self, x, cin, width, stride):
+        """ResNet18/34's block: two 3x3 convolutions and the shortcut."""
+        out = self.conv_bn(x, cin, width, 3, stride)
+        out = self.conv_bn(out, width, width, 3, 1, relu=False)
+        shortcut = x
+        if stride != 1 or cin != width:
+            shortcut = self.conv_bn(x, cin, width, 1, stride, relu=False)
+        total = self._name("add")
+        self.nodes.append(helper.make_node("Add", [out, shortcut], [total]))
+        return self.relu(total)
+
+
 def resnet50(seed=0):
     g = Graph(seed)
     x = g.conv_bn("input", 3, 64, 7, 2)
@@ -85,6 +97,34 @@ def resnet50(seed=0):
         g.nodes, "resnet50",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], g.weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              producer_name="wasm-ml models/resnet50/make_onnx.py")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def resnet18(seed=0, size=224, batch=1):
+    """ResNet18 (basic blocks, 2 per stage) on `size` x `size` images: the
+    tests' third whole architecture, at a size that builds and runs quickly."""
+    g = Graph(seed)
+    x = g.conv_bn("input", 3, 64, 7, 2)
+    g.nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2],
+                                    pads=[1, 1, 1, 1]))
+    x, cin = "pool", 64
+    for width, _, stride in STAGES:
+        for i in range(2):
+            x = g.basic(x, cin, width, stride if i == 0 else 1)
+            cin = width
+    g.nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
+    g.nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
+    fc_w = g._weight("fc.w", g.rng.standard_normal((1000, cin)) * np.sqrt(1.0 / cin))
+    fc_b = g._weight("fc.b", g.rng.uniform(-0.1, 0.1, 1000))
+    g.nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], transB=1))
+    graph = helper.make_graph(
+        g.nodes, "resnet18",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1000])], g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
                               producer_name="wasm-ml models/resnet50/make_onnx.py")
     model.ir_version = 8

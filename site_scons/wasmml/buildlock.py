@@ -30,9 +30,9 @@ def hold(top_dir):
     _held[top_dir] = lock
 
 
-def release(*_):
+def release(target=None, source=None, env=None):
     """Lets other builds start: for an action that runs on after the build
-    (`scons serve`). Takes SCons action arguments, returns success."""
+    (`scons serve`). Takes an SCons action's arguments, returns success."""
     for top_dir in list(_held):
         _held.pop(top_dir).close()
     return 0
