@@ -6,6 +6,9 @@ GlobalAveragePool, Flatten, Gemm; opset 13).
 
     python models/resnet50/make_onnx.py     # models/resnet50/resnet50.onnx (about 100 MB)
 
+resnet18() makes the same family with basic blocks, at any image size and
+batch: tests/test_small_graphs.py compares a small one with onnxruntime.
+
 The file is not in the repository (git-ignored): tools/bench_inference.py
 makes it when it is missing. The same seed gives the same file.
 """
@@ -79,50 +82,34 @@ class Graph:
 
 
 def resnet50(seed=0):
-    g = Graph(seed)
-    x = g.conv_bn("input", 3, 64, 7, 2)
-    g.nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2],
-                                    pads=[1, 1, 1, 1]))
-    x, cin = "pool", 64
-    for width, blocks, stride in STAGES:
-        for i in range(blocks):
-            x = g.bottleneck(x, cin, width, stride if i == 0 else 1)
-            cin = width * EXPANSION
-    g.nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
-    g.nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
-    fc_w = g._weight("fc.w", g.rng.standard_normal((1000, cin)) * np.sqrt(1.0 / cin))
-    fc_b = g._weight("fc.b", g.rng.uniform(-0.1, 0.1, 1000))
-    g.nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], transB=1))
-    graph = helper.make_graph(
-        g.nodes, "resnet50",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 224, 224])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1000])], g.weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
-                              producer_name="wasm-ml models/resnet50/make_onnx.py")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
+    return _resnet("resnet50", seed, 224, 1, Graph.bottleneck, STAGES, EXPANSION)
 
 
 def resnet18(seed=0, size=224, batch=1):
     """ResNet18 (basic blocks, 2 per stage) on `size` x `size` images: the
     tests' third whole architecture, at a size that builds and runs quickly."""
+    stages = [(width, 2, stride) for width, _, stride in STAGES]
+    return _resnet("resnet18", seed, size, batch, Graph.basic, stages, 1)
+
+
+def _resnet(name, seed, size, batch, block, stages, expansion):
+    """The stem, `block` repeated as `stages` say, and the classifier."""
     g = Graph(seed)
     x = g.conv_bn("input", 3, 64, 7, 2)
     g.nodes.append(helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2],
                                     pads=[1, 1, 1, 1]))
     x, cin = "pool", 64
-    for width, _, stride in STAGES:
-        for i in range(2):
-            x = g.basic(x, cin, width, stride if i == 0 else 1)
-            cin = width
+    for width, blocks, stride in stages:
+        for i in range(blocks):
+            x = block(g, x, cin, width, stride if i == 0 else 1)
+            cin = width * expansion
     g.nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"]))
     g.nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], axis=1))
     fc_w = g._weight("fc.w", g.rng.standard_normal((1000, cin)) * np.sqrt(1.0 / cin))
     fc_b = g._weight("fc.b", g.rng.uniform(-0.1, 0.1, 1000))
     g.nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], transB=1))
     graph = helper.make_graph(
-        g.nodes, "resnet18",
+        g.nodes, name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1000])], g.weights)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
