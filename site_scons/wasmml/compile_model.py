@@ -586,7 +586,9 @@ def write_outputs(args, plan, weights, obj_path):
         if os.path.exists(archive_tmp):
             os.remove(archive_tmp)
         # D: deterministic (no timestamps, uids); s: write the symbol index.
-        subprocess.run([args.llvm_ar, "rcsD", archive_tmp, member], check=True)
+        ar = subprocess.run([args.llvm_ar, "rcsD", archive_tmp, member])
+        if ar.returncode != 0:
+            raise OSError(f"{os.path.basename(args.llvm_ar)} exited with {ar.returncode}")
         staged.append((archive_tmp, args.archive))
         staged.append((_write_tmp(args.plan, json.dumps(plan, indent=1, sort_keys=True).encode()), args.plan))
         staged.append((_write_tmp(args.weights, bytes(weights)), args.weights))
@@ -647,18 +649,14 @@ def compile_model(args, stages):
         stages.done("kernels built")
         try:
             write_outputs(args, plan, builder.weights, obj)
-        except (OSError, subprocess.CalledProcessError) as e:
-            raise ModelError(_write_error(e))
+        except OSError as e:
+            raise ModelError(_write_error(e, args.archive))
 
 
-def _write_error(e):
+def _write_error(e, default_path):
     """One line for a failure to write the artifacts (a read-only or full
-    build directory)."""
-    if isinstance(e, subprocess.CalledProcessError):  # llvm-ar rcsD ARCHIVE.tmp MEMBER
-        archive = e.cmd[2][:-len(".tmp")]
-        return f"cannot write {archive} ({os.path.basename(e.cmd[0])} exited with {e.returncode})"
-    where = f" {e.filename}" if e.filename else ""
-    return f"cannot write{where}: {e.strerror or e}"
+    build directory), naming the file."""
+    return f"cannot write {e.filename or default_path} ({e.strerror or e})"
 
 
 class CapturedStderr:
@@ -690,7 +688,7 @@ def main(argv=None):
         try:
             remove_outputs(args)
         except OSError as e:
-            raise ModelError(_write_error(e))
+            raise ModelError(_write_error(e, args.archive))
         with log:
             compile_model(args, stages)
     except ModelError as e:

@@ -58,14 +58,13 @@ def conv2d_nhwc(data, packed, padding, tile=TILE):
     n, h, w, _ = (int(d) for d in data.shape)
     alpha, _, in_channels, out_channels = (int(d) for d in packed.shape)
     top, left, bottom, right = padding
-    out_h, out_w = h + top + bottom - 2, w + left + right - 2
-    tiles_h, tiles_w = -(-out_h // tile), -(-out_w // tile)
+    out_h, out_w, tiles_h, tiles_w = _tile_grid(h, w, padding, tile)
     tiles = n * tiles_h * tiles_w
     a_np, b_np, _ = transform_matrices(tile)
     a = const_matrix(a_np.astype("float32"), "A")
     b = const_matrix(b_np.astype("float32"), "B")
 
-    # pad up to whole tiles; the outputs past out_h, out_w are dropped
+    # Padded up to whole tiles: the outputs past out_h, out_w are dropped.
     # The padding and the gathering into tiles are scheduled by the rule of
     # the transform that reads them ("None" keeps the generic rules off: a
     # second rule could inline a block the first one still refers to, which
@@ -107,6 +106,14 @@ def conv2d_nhwc(data, packed, padding, tile=TILE):
         name="conv2d_winograd")
 
 
+def _tile_grid(h, w, padding, tile=TILE):
+    """(out_h, out_w, tiles down, tiles across) of a 3x3 stride-1
+    convolution of an h x w image padded (top, left, bottom, right)."""
+    top, left, bottom, right = padding
+    out_h, out_w = h + top + bottom - 2, w + left + right - 2
+    return out_h, out_w, -(-out_h // tile), -(-out_w // tile)
+
+
 def use_winograd(call, data_shape, weight):
     """Whether a relax conv2d call, with the shape of its data and its
     weight as a numpy array (None when not a constant), is one this module
@@ -115,8 +122,8 @@ def use_winograd(call, data_shape, weight):
     if data_shape is None or len(data_shape) != 4:
         return False
     n, h, w, _ = data_shape
-    top, left, bottom, right = (int(p) for p in attrs.padding)
-    tiles = n * -(-(h + top + bottom - 2) // TILE) * -(-(w + left + right - 2) // TILE)
+    _, _, tiles_h, tiles_w = _tile_grid(h, w, [int(p) for p in attrs.padding])
+    tiles = n * tiles_h * tiles_w
     return (weight is not None and weight.ndim == 4 and weight.shape[:2] == (3, 3)
             and tiles >= MIN_TILES
             and attrs.data_layout == "NHWC" and attrs.kernel_layout == "HWIO"

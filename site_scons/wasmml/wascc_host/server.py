@@ -199,7 +199,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             body = self._read_body()
         except BadRequest as e:
             return self._send_error(e.status, str(e))
-        except (ConnectionError, OSError) as e:
+        except OSError as e:  # ConnectionError, or the socket the deadline shut
             self.close_connection = True
             return self.log_error("%s %s: %s", self.command, self.path, e)
         if not self._received():
