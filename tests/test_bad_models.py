@@ -96,6 +96,21 @@ def symbolic_dim(repo):
                   [helper.make_node("Relu", ["x"], ["y"])]).SerializeToString()
 
 
+def data_dependent_shape(repo):
+    # NonZero's output length depends on the values: no static plan holds it
+    return _model([("x", [1, 2, 6, 6])], [("y", [4, None])], [
+        helper.make_node("NonZero", ["x"], ["nz"], name="the_nonzero"),
+        helper.make_node("Cast", ["nz"], ["y"], to=F32),
+    ]).SerializeToString()
+
+
+def over_4_gib(repo):
+    # 2^25 copies of a 72-element image: 9.6 GB, beyond wasm32's address space
+    return _model([("x", [1, 2, 6, 6])], [("y", [1 << 25, 2, 6, 6])], [
+        helper.make_node("Expand", ["x", "shape"], ["y"], name="the_expand"),
+    ], {"shape": np.array([1 << 25, 2, 6, 6], dtype=np.int64)}).SerializeToString()
+
+
 CASES = [
     # (id, onnx bytes from repo or None, shape in model.json?, cause), marks
     pytest.param(lambda repo: None, True, r"bad_missing\.onnx: file not found", id="missing"),
@@ -106,6 +121,14 @@ CASES = [
     pytest.param(lambda repo: b"name: model\nthis is not an ONNX file\n", True,
                  r"bad_text\.onnx: not (a readable ONNX file|an ONNX model)", id="text"),
     pytest.param(unsupported_op, True, UNSUPPORTED_DET, id="unsupported_op"),
+    pytest.param(data_dependent_shape, True,
+                 r"node 'the_nonzero' \(operator NonZero\) makes a tensor whose shape depends on "
+                 r"the data \(\[4, \?\]\); a wasm plan needs every shape fixed at build time",
+                 id="data_dependent_shape"),
+    pytest.param(over_4_gib, True,
+                 r"needs 9\.0 GiB for its tensors and weights, and a wasm32 module can address 4 GiB; "
+                 r"the largest tensor is \[33554432, 2, 6, 6\] float32 \(9\.0 GiB\), made by node "
+                 r"'the_expand' \(operator Expand\)", id="over_4_gib"),
     pytest.param(symbolic_dim, False, r"input 'x' has unknown dimension 'N' and no shape is given",
                  id="symbolic_dim"),
 ]
@@ -252,6 +275,76 @@ def test_paths_with_spaces_and_non_ascii_characters(scons, run_wasm, tmp_path):
     io = tmp_path / "i o"
     io.mkdir()
     x = np.random.default_rng(1).standard_normal((1, 2, 6, 6), dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(top / "build" / "good" / "run-model.wasm", io)
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 4, 6, 6)
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+# --- a build directory on a full disk -------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MiB tmpfs at tmp_path/disk (mounting needs root, as CI runs)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk, leave):
+    """Fills the disk, leaving `leave` bytes free; returns the filler file."""
+    filler = disk / "filler"
+    free = shutil.disk_usage(disk).free
+    with open(filler, "wb") as f:
+        f.write(bytes(max(free - leave, 0)))
+    return filler
+
+
+@pytest.mark.parametrize("leave,failed,cause", [
+    # no room for the archive: the compile fails, and SCons cannot save its record either
+    pytest.param(0, "libgood.a",
+                 r"error: model 'good': cannot write build/good/libgood\.a \(llvm-ar: .*No space left",
+                 id="full"),
+    # room for the model's artifacts, not for the module
+    pytest.param(120 * 1024, "run-model.wasm",  # the archive is about 30 kB, the module 200
+                 r"scons: \*\*\* \[build/good/run-model\.wasm\] .*/build/good/run-model\.wasm: "
+                 r"No space left on device", id="no_room_for_the_module"),
+])
+def test_full_disk_is_one_line_and_the_next_build_is_right(
+        leave, failed, cause, small_disk, scons, run_wasm, tmp_path):
+    """Whichever write the full disk stops: one line naming the file, no
+    traceback, no staging file left, and once there is room again the next
+    build finishes what is missing and the module matches onnxruntime."""
+    model = good_model()
+    meta = write_model(tmp_path / "models", "good", model.SerializeToString())
+    top = small_disk / "top"
+    top.mkdir()
+    filler = _fill(small_disk, leave)
+    proc = scons(f"MODELS={meta}", cwd=top, check=False)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(cause, proc.stderr), proc.stderr
+    assert f"[build/good/{failed}]" in proc.stderr
+    assert not list(top.rglob("*.tmp")), sorted(map(str, top.rglob("*")))
+    assert not (top / "build" / "good" / failed).exists()
+    for line in proc.stderr.splitlines():
+        assert line.startswith(("error: model 'good': ", "scons: *** ")), proc.stderr
+
+    filler.unlink()
+    again = scons(f"MODELS={meta}", cwd=top)
+    assert "Building run-model.wasm" in again.stdout
+    x = np.random.default_rng(3).standard_normal((1, 2, 6, 6), dtype=np.float32)
+    io = tmp_path / "io"
+    io.mkdir()
     x.tofile(io / "input_0.bin")
     run_wasm(top / "build" / "good" / "run-model.wasm", io)
     got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 4, 6, 6)

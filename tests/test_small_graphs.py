@@ -241,6 +241,23 @@ def weights_from_nodes(name):
         {"bias_shape": np.array([3], dtype=np.int64)})
 
 
+def shape_inputs(name):
+    """Expand, Tile, Slice, Pad and Reshape whose shapes, repeats, bounds
+    and pads are initializers, as exporters write them: the importer must
+    see their values for the shapes to be known at build time."""
+    i64 = lambda *v: np.array(v, dtype=np.int64)  # noqa: E731
+    return _model(name, [
+        helper.make_node("Expand", ["x", "shape"], ["e"]),
+        helper.make_node("Tile", ["e", "repeats"], ["t"]),
+        helper.make_node("Slice", ["t", "starts", "ends", "axes", "steps"], ["s"]),
+        helper.make_node("Pad", ["s", "pads", "fill"], ["p"], mode="constant"),
+        helper.make_node("Reshape", ["p", "flat"], ["y"]),
+    ], [("x", F32, [1, 3, 1, 4])], [("y", F32, [2, 3, 36])],
+        {"shape": i64(2, 3, 5, 4), "repeats": i64(1, 1, 1, 2), "starts": i64(1, 0),
+         "ends": i64(5, 8), "axes": i64(2, 3), "steps": i64(1, 2),
+         "pads": i64(0, 0, 1, 1, 0, 0, 1, 1), "fill": np.float32(-1.0), "flat": i64(0, 3, -1)})
+
+
 def gemm(name):
     r = _rng(name)
     return _model(name, [
@@ -334,7 +351,7 @@ def int32_ops(name):
 
 GRAPHS = {f.__name__: f for f in [
     conv, conv_blocks, resnet_block, mobile_head, resnet18, pads_and_pools, maxpool, avgpool, split_pool_resize,
-    resize_bilinear, gemm, matmul_add, elementwise, broadcast_both_ways, reshape_transpose_flatten,
+    resize_bilinear, shape_inputs, gemm, matmul_add, elementwise, broadcast_both_ways, reshape_transpose_flatten,
     softmax, concat, two_in_two_out, weights_from_nodes, int64_ops, int32_ops]}
 PIPELINE_GRAPHS = ["conv", "conv_blocks", "resnet_block", "elementwise"]  # also built with the other pipelines
 OTHER_PIPELINES = ["fold-fuse", "default"]

@@ -20,6 +20,10 @@ RELAXED_SIMD = "+relaxed-simd"
 # a MetaSchedule JSON database: a directory holding these two files
 WORKLOADS_FILE, RECORDS_FILE = "database_workload.json", "database_tuning_record.json"
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
+WASM32_MEMORY = 1 << 32  # what a wasm32 module can address
+# integer initializers up to this size are shape-like values (shapes, axes,
+# pads, repeats): imported as constants, so TVM sees their values
+SHAPE_LIKE_ELEMENTS = 1024
 
 
 class ModelError(Exception):
@@ -237,6 +241,7 @@ def to_relax(model, shapes, pipeline=DEFAULT_PIPELINE):
     from tvm.relax.frontend.onnx import from_onnx
 
     check_operators(model)
+    model = shape_like_initializers_as_constants(model)
     try:
         with _clip_as_relax_ops(pipeline in LAYOUT_PIPELINES):
             mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
@@ -247,6 +252,44 @@ def to_relax(model, shapes, pipeline=DEFAULT_PIPELINE):
     num_inputs = len(shapes)
     weights = dict(zip(main.params[num_inputs:], params.get("main", [])))
     return relax.transform.BindParams("main", weights)(mod)
+
+
+def shape_like_initializers_as_constants(model):
+    """A copy of the model whose small integer initializers are Constant
+    nodes. The importer turns initializers into parameters, whose values it
+    cannot see: an Expand or Tile of a shape given as an initializer then
+    gets a shape known only at run time, which a static plan cannot hold.
+    A Constant node it imports as a value."""
+    import onnx
+    from onnx import helper
+
+    integer = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+    moved = [t for t in model.graph.initializer
+             if t.data_type in integer and _elements(t.dims) <= SHAPE_LIKE_ELEMENTS]
+    if not moved:
+        return model
+    names = {t.name for t in moved}
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    kept = [t for t in graph.initializer if t.name not in names]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in names]  # IR < 4 lists initializers as inputs
+    del graph.input[:]
+    graph.input.extend(inputs)
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in moved]
+    nodes = constants + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return copy
+
+
+def _elements(dims):
+    n = 1
+    for d in dims:
+        n *= d
+    return n
 
 
 @contextlib.contextmanager
@@ -422,6 +465,107 @@ def build_object(mod, target, path):
     ex.mod.imports[0].write_to_file(path)
 
 
+# --- what a static plan cannot hold ------------------------------------------
+
+def _has_unknown_shapes(func):
+    """Whether a lowered function computes a tensor whose shape is known only
+    at run time (TVM then keeps a shape heap and a dynamic allocation)."""
+    import tvm
+    from tvm import relax
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            ty = binding.var.ty
+            if isinstance(ty, relax.TensorType) and (
+                    ty.shape is None or
+                    not all(isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values)):
+                return True
+    return False
+
+
+def unknown_shape_cause(model, shapes):
+    """Names the node whose output's shape TVM could not fix at build time:
+    the first, in graph order, whose shape ONNX's inference leaves open with
+    every input shape given (data-dependent operators such as NonZero or
+    Unique)."""
+    node, dims = _first_open_shape(model, shapes)
+    what = (f"node '{node.name or '(unnamed)'}' (operator {_operator_name(node)}) makes a tensor "
+            f"whose shape depends on the data ({dims})" if node is not None else
+            "the graph makes a tensor whose shape depends on the data")
+    return (f"{what}; a wasm plan needs every shape fixed at build time: export the model "
+            "with that part done outside it, or with a fixed-size variant of the operator")
+
+
+def _inferred_shapes(model, shapes):
+    """{tensor name: (elem_type, [dim or None])} by ONNX's shape inference,
+    with the graph's inputs set to `shapes`."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for inp in copy.graph.input:
+        if inp.name in shapes:
+            dims = inp.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[inp.name]:
+                dims.add().dim_value = d
+    try:
+        inferred = onnx.shape_inference.infer_shapes(copy, data_prop=True)
+    except Exception:  # noqa: BLE001 -- only a diagnosis: without it, name no node
+        return {}
+    found = {}
+    graph = inferred.graph
+    for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+        t = vi.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        found[vi.name] = (t.elem_type, dims if t.HasField("shape") else None)
+    return found
+
+
+def _first_open_shape(model, shapes):
+    known = _inferred_shapes(model, shapes)
+    for node in model.graph.node:
+        for out in node.output:
+            elem_type, dims = known.get(out, (None, None))
+            if out and (dims is None or None in dims):
+                text = "?" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+                return node, text
+    return None, None
+
+
+def check_memory(plan, model, shapes):
+    """A wasm32 module addresses 4 GiB: the arena and the weights must fit,
+    with room for the program itself."""
+    total = plan["arena_size"] + plan["weights_size"]
+    if total < WASM32_MEMORY:
+        return
+    largest = max(plan["tensors"], key=lambda t: _nbytes(t["dtype"], t["shape"]))
+    size = _nbytes(largest["dtype"], largest["shape"])
+    maker = _node_making(model, shapes, largest)
+    raise ModelError(
+        f"needs {total / 2**30:.1f} GiB for its tensors and weights, and a wasm32 module can "
+        f"address 4 GiB; the largest tensor is {largest['shape']} {largest['dtype']} "
+        f"({size / 2**30:.1f} GiB){maker}: give the model smaller inputs (TVM_INPUT_SHAPES) "
+        "or split it")
+
+
+def _node_making(model, shapes, tensor):
+    """", made by node 'N' (operator Op)" for the node whose output has the
+    tensor's number of elements and type, or ""."""
+    import numpy as np
+    from onnx import helper
+
+    elements = _elements(tensor["shape"])
+    known = _inferred_shapes(model, shapes)
+    for node in model.graph.node:
+        for out in node.output:
+            elem_type, dims = known.get(out, (None, None))
+            if (dims and None not in dims and _elements(dims) == elements and
+                    np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name == tensor["dtype"]):
+                return f", made by node '{node.name or out}' (operator {_operator_name(node)})"
+    return ""
+
+
 # --- the execution plan ----------------------------------------------------
 
 class PlanBuilder:
@@ -469,7 +613,7 @@ class PlanBuilder:
             return {"tensor": self.values[arg]}
         if hasattr(arg, "value") and isinstance(arg.value, tvm.runtime.Tensor):
             return {"tensor": self._constant(arg)}
-        if isinstance(arg, tvm.tir.IntImm):
+        if isinstance(arg, tvm.tirx.IntImm):
             return {"int": int(arg.value)}
         raise ModelError(f"unsupported kernel argument in plan: {arg}")
 
@@ -586,9 +730,10 @@ def write_outputs(args, plan, weights, obj_path):
         if os.path.exists(archive_tmp):
             os.remove(archive_tmp)
         # D: deterministic (no timestamps, uids); s: write the symbol index.
-        ar = subprocess.run([args.llvm_ar, "rcsD", archive_tmp, member])
+        ar = subprocess.run([args.llvm_ar, "rcsD", archive_tmp, member],
+                            capture_output=True, text=True)
         if ar.returncode != 0:
-            raise OSError(f"{os.path.basename(args.llvm_ar)} exited with {ar.returncode}")
+            raise OSError(f"{os.path.basename(args.llvm_ar)}: {_tool_error(ar)}")
         staged.append((archive_tmp, args.archive))
         staged.append((_write_tmp(args.plan, json.dumps(plan, indent=1, sort_keys=True).encode()), args.plan))
         staged.append((_write_tmp(args.weights, bytes(weights)), args.weights))
@@ -600,6 +745,14 @@ def write_outputs(args, plan, weights, obj_path):
                 if os.path.exists(path):
                     os.remove(path)
         raise
+
+
+def _tool_error(proc):
+    """What a failed tool said: its error line, not the stack dump after it
+    (llvm-ar aborts on a full disk: "LLVM ERROR: IO failure ...")."""
+    lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error" in ln.lower()]
+    return (errors or lines or [f"exited with {proc.returncode}"])[0][:300]
 
 
 def _write_tmp(final, data):
@@ -640,8 +793,11 @@ def compile_model(args, stages):
         lowered = lower(mod, target, args.pipeline, args.tuning_db, stages)
     except Exception as e:
         raise ModelError(f"TVM cannot lower the graph: {_first_line(e)}")
+    if _has_unknown_shapes(lowered["main"]):
+        raise ModelError(unknown_shape_cause(model, shapes))
     builder = PlanBuilder()
     plan = builder.build(lowered["main"], list(shapes), output_names)
+    check_memory(plan, model, shapes)
     stages.done("lowered")
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, "kernels.o")

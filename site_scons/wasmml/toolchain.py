@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 
+from wasmml import staging
+
 WASM_UNKNOWN = "wasm32-unknown-unknown"
 # rustc 1.78 renamed wasm32-wasi to wasm32-wasip1; 1.84 removed the old name.
 WASI_NAMES = ("wasm32-wasip1", "wasm32-wasi")
@@ -95,10 +97,7 @@ def _probe_cached(rustc, cache_file):
     if found:
         try:
             os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-            tmp = f"{cache_file}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({key: vars(found)}, f)
-            os.replace(tmp, cache_file)
+            staging.write_into_place(cache_file, json.dumps({key: vars(found)}).encode())
         except OSError:
             pass  # a read-only build dir only costs the probe next time
     return found

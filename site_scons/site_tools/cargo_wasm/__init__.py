@@ -24,7 +24,6 @@ Construction variables:
 """
 
 import os
-import shutil
 import time
 import tomllib
 
@@ -33,7 +32,7 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Scanner
 
-from wasmml import buildlock, toolchain
+from wasmml import buildlock, buildstate, staging, toolchain
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
@@ -161,9 +160,7 @@ def _copy_artifact(target, source, env):
     built = os.path.join(env.Dir("$CARGO_TARGET_DIR").abspath,
                          env.subst("$CARGO_TRIPLE/release/") + name + ".wasm")
     final = target[0].abspath
-    tmp = final + ".tmp"
-    shutil.copyfile(built, tmp)
-    os.replace(tmp, final)
+    staging.copy_into_place(built, final)
     if not env.GetOption("silent"):
         seconds = time.monotonic() - _started.pop(final, time.monotonic())
         size = os.path.getsize(final) / 1e6
@@ -214,6 +211,7 @@ def _rustflags(env):
 
 def generate(env):
     buildlock.hold(env.Dir("#").abspath)
+    buildstate.guard_saving()
     try:
         # Kept beside SCons's own state (.sconsign.dblite), not in build/.
         rust = toolchain.find_rust(env.File("#.sconsign.rust-toolchain.json").abspath)

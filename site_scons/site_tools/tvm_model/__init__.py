@@ -46,7 +46,6 @@ TVM and onnx are imported only by the compile command, a separate process.
 
 import json
 import os
-import shutil
 import sys
 
 import SCons.Action
@@ -54,7 +53,7 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Util
 
-from wasmml import buildlock, compile_model, toolchain
+from wasmml import buildlock, buildstate, compile_model, staging, toolchain
 
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
@@ -203,9 +202,7 @@ def _readable(node):
 
 
 def _copy_file(target, source, env):
-    tmp = target[0].abspath + ".tmp"
-    shutil.copyfile(_readable(source[0]).abspath, tmp)
-    os.replace(tmp, target[0].abspath)
+    staging.copy_into_place(_readable(source[0]).abspath, target[0].abspath)
     return 0
 
 
@@ -233,6 +230,7 @@ class _CompileAction(SCons.Action.CommandAction):
 
 def generate(env):
     buildlock.hold(env.Dir("#").abspath)
+    buildstate.guard_saving()
     env.SetDefault(
         PYTHON=sys.executable,
         TVM_COMPILER=COMPILER,

@@ -28,6 +28,8 @@ import os
 import SCons.Action
 import SCons.Builder
 
+from wasmml import staging
+
 SEED_ENV = ("WASCC_ACCOUNT_SEED", "WASCC_MODULE_SEED")
 KEY_FILES = ("account.nk", "module.nk")
 
@@ -52,10 +54,7 @@ def _sign(target, source, env):
     except wascap.WascapError as e:
         print(f"error: signing {target[0]}: {e}", flush=True)
         return 1
-    tmp = target[0].abspath + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(signed)
-    os.replace(tmp, target[0].abspath)  # never a half-written actor
+    staging.write_into_place(target[0].abspath, signed)  # never a half-written actor
     if not env.GetOption("silent"):
         print(f"  {target[0].name}: issuer {account.public_key[:12]}..., module {module.public_key[:12]}...",
               flush=True)
