@@ -74,6 +74,19 @@ def assert_one_error_line(proc, name, cause):
         proc.stderr
 
 
+def assert_matches_good_model(run_wasm, wasm, io_dir, seed=1):
+    """The module built from good_model() gives onnxruntime's output on a
+    seeded input: right, not merely present."""
+    io_dir.mkdir(exist_ok=True)
+    x = np.random.default_rng(seed).standard_normal((1, 2, 6, 6), dtype=np.float32)
+    x.tofile(io_dir / "input_0.bin")
+    run_wasm(wasm, io_dir)
+    got = np.fromfile(io_dir / "output_0.bin", dtype=np.float32).reshape(1, 4, 6, 6)
+    expected = ort.InferenceSession(good_model().SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
 # --- one bad model per build ---------------------------------------------------
 
 def truncated(repo):
@@ -180,13 +193,7 @@ def test_other_models_are_built_with_keep_going(keep_going, run_wasm, tmp_path):
         assert keep_going["built"][name] == sorted(
             [f"lib{name}.a", f"{name}.meta.json", f"{name}.plan.json", f"{name}.weights",
              "run-model.wasm"]), first.stderr
-    # and the module is right, not merely present
-    x = np.random.default_rng(1).standard_normal((1, 2, 6, 6)).astype(np.float32)
-    (tmp_path / "input_0.bin").write_bytes(x.tobytes())
-    run_wasm(keep_going["saved_wasm"], tmp_path)
-    got = np.fromfile(tmp_path / "output_0.bin", dtype="<f4")
-    sess = ort.InferenceSession(good_model().SerializeToString(), providers=["CPUExecutionProvider"])
-    np.testing.assert_allclose(got.reshape(1, 4, 6, 6), sess.run(None, {"x": x})[0], atol=1e-4, rtol=0)
+    assert_matches_good_model(run_wasm, keep_going["saved_wasm"], tmp_path)
 
 
 @pytest.mark.parametrize("name,cause", [
@@ -262,8 +269,7 @@ def test_paths_with_spaces_and_non_ascii_characters(scons, run_wasm, tmp_path):
     """A model, its tuning database and the build tree in directories named
     with spaces and accents: every path reaches TVM, cargo and the tuner's
     command lines whole, and the module matches onnxruntime."""
-    model = good_model()
-    meta = write_model(tmp_path / "my models" / "modèle ñ", "good", model.SerializeToString())
+    meta = write_model(tmp_path / "my models" / "modèle ñ", "good", good_model().SerializeToString())
     database = meta.parent / "tuning" / "nhwc" / "simd128"
     database.mkdir(parents=True)
     for name in ("database_workload.json", "database_tuning_record.json"):
@@ -272,15 +278,7 @@ def test_paths_with_spaces_and_non_ascii_characters(scons, run_wasm, tmp_path):
     top.mkdir()
     proc = scons("MODELS=" + str(meta), cwd=top)
     assert "Compiling model good with TVM (wasm32 +simd128, nhwc, tuned)" in proc.stdout, proc.stdout
-    io = tmp_path / "i o"
-    io.mkdir()
-    x = np.random.default_rng(1).standard_normal((1, 2, 6, 6), dtype=np.float32)
-    x.tofile(io / "input_0.bin")
-    run_wasm(top / "build" / "good" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 4, 6, 6)
-    expected = ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_matches_good_model(run_wasm, top / "build" / "good" / "run-model.wasm", tmp_path / "i o")
 
 
 # --- a build directory on a full disk -------------------------------------------
@@ -324,8 +322,7 @@ def test_full_disk_is_one_line_and_the_next_build_is_right(
     """Whichever write the full disk stops: one line naming the file, no
     traceback, no staging file left, and once there is room again the next
     build finishes what is missing and the module matches onnxruntime."""
-    model = good_model()
-    meta = write_model(tmp_path / "models", "good", model.SerializeToString())
+    meta = write_model(tmp_path / "models", "good", good_model().SerializeToString())
     top = small_disk / "top"
     top.mkdir()
     filler = _fill(small_disk, leave)
@@ -342,12 +339,4 @@ def test_full_disk_is_one_line_and_the_next_build_is_right(
     filler.unlink()
     again = scons(f"MODELS={meta}", cwd=top)
     assert "Building run-model.wasm" in again.stdout
-    x = np.random.default_rng(3).standard_normal((1, 2, 6, 6), dtype=np.float32)
-    io = tmp_path / "io"
-    io.mkdir()
-    x.tofile(io / "input_0.bin")
-    run_wasm(top / "build" / "good" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 4, 6, 6)
-    expected = ort.InferenceSession(model.SerializeToString(),
-                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_matches_good_model(run_wasm, top / "build" / "good" / "run-model.wasm", tmp_path / "io", seed=3)
