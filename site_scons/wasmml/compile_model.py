@@ -522,14 +522,21 @@ def _inferred_shapes(model, shapes):
     return found
 
 
-def _first_open_shape(model, shapes):
+def _node_outputs(model, shapes):
+    """(node, output, elem_type, dims) of every node output, in graph order,
+    with what ONNX's shape inference knows of it (None where nothing)."""
     known = _inferred_shapes(model, shapes)
     for node in model.graph.node:
         for out in node.output:
-            elem_type, dims = known.get(out, (None, None))
-            if out and (dims is None or None in dims):
-                text = "?" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
-                return node, text
+            if out:
+                yield (node, out, *known.get(out, (None, None)))
+
+
+def _first_open_shape(model, shapes):
+    for node, _, _, dims in _node_outputs(model, shapes):
+        if dims is None or None in dims:
+            text = "?" if dims is None else "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+            return node, text
     return None, None
 
 
@@ -556,13 +563,10 @@ def _node_making(model, shapes, tensor):
     from onnx import helper
 
     elements = _elements(tensor["shape"])
-    known = _inferred_shapes(model, shapes)
-    for node in model.graph.node:
-        for out in node.output:
-            elem_type, dims = known.get(out, (None, None))
-            if (dims and None not in dims and _elements(dims) == elements and
-                    np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name == tensor["dtype"]):
-                return f", made by node '{node.name or out}' (operator {_operator_name(node)})"
+    for node, out, elem_type, dims in _node_outputs(model, shapes):
+        if (dims and None not in dims and _elements(dims) == elements and
+                np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name == tensor["dtype"]):
+            return f", made by node '{node.name or out}' (operator {_operator_name(node)})"
     return ""
 
 
@@ -711,10 +715,7 @@ class PlanBuilder:
 def _nbytes(dtype, shape):
     import numpy as np
 
-    n = 1
-    for d in shape:
-        n *= d
-    return n * np.dtype(dtype).itemsize
+    return _elements(shape) * np.dtype(dtype).itemsize
 
 
 # --- writing ----------------------------------------------------------------
