@@ -84,17 +84,28 @@ def space():
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
 
 
+def search(trials_per_task):
+    """MetaSchedule's evolutionary search, with a population in proportion to
+    the trials (at most its default of 512): each generation costs time in
+    proportion to the population, and a run of few trials measures only
+    a few candidates of it."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(population_size=min(512, max(64, 8 * trials_per_task)))
+
+
 def tune(args):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
     target, builder, runner = _measurement(args)
+    import_tensor_intrinsics()
     tasks = ms.relax_integration.extract_tasks(kernels(args), target)
     os.makedirs(args.database, exist_ok=True)
     database = open_database(args.database)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
-        num_threads=1)
+        strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
     todo = [i for i, (task, context) in enumerate(zip(tasks, contexts))
             if _records(database, task) < _trials_wanted(context, args.trials_per_task)]
     if args.focus:
@@ -109,6 +120,32 @@ def tune(args):
                        max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
                        database=database, cost_model=COST_MODEL, builder=builder, runner=runner)
     open_database(args.database)  # prunes what this run added and cannot be replayed
+
+
+def import_tensor_intrinsics():
+    """Imports TVM's tensor intrinsics, which every TuneContext imports
+    first, in 6 s instead of 27. TVMScript's parser calls inspect.stack()
+    for each of their hundreds of functions, and inspect.getmodule then
+    scans all of sys.modules for every frame of code that has no file. A
+    frame's module depends only on its file name, so the scans are
+    remembered by file name while the import runs."""
+    import inspect
+
+    scan = inspect.getmodule
+    known = {}
+
+    def getmodule(obj, _filename=None):
+        if _filename is None or not inspect.isframe(obj):
+            return scan(obj, _filename)
+        if _filename not in known:
+            known[_filename] = scan(obj, _filename)
+        return known[_filename]
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+    finally:
+        inspect.getmodule = scan
 
 
 def _trials_wanted(context, trials):

@@ -32,12 +32,17 @@ DLPACK_CODES = {"int": 0, "uint": 1, "float": 2, "bfloat": 4, "bool": 6}
 
 
 def build_kernel(mod, target, params):
-    """MetaSchedule's f_build: TVM's default build, as a system library like
-    compile_model's, so the kernel calls the host functions directly (a
-    dynamic library's would call them through pointers a loader fills in)."""
-    from tvm.s_tir.meta_schedule.builder.local_builder import default_build
+    """MetaSchedule's f_build: what its default build does, as a system
+    library like compile_model's, so the kernel calls the host functions
+    directly (a dynamic library's would call them through pointers a loader
+    fills in). Unlike the default, it does not first import TVM's tensor
+    intrinsics: a wasm kernel uses none of them, and registering them costs
+    each fresh worker process about 25 s."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-    return default_build(mod.with_attr("system_lib_prefix", ""), target, params)
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod.with_attr("system_lib_prefix", ""))
+    return tvm.tirx.build(mod, target=target)
 
 
 def export_wasm(rt_mod):
