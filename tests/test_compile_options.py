@@ -72,3 +72,16 @@ def test_silent_builds_print_nothing_and_normal_ones_say_what_runs(project):
     assert any(re.fullmatch(r"  alpha: imported [\d.]+s, lowered [\d.]+s, kernels built [\d.]+s \([\d.]+s\)", line)
                for line in lines), out.stdout
     assert any(re.fullmatch(r"  run-model.wasm: [\d.]+ MB, cargo [\d.]+s", line) for line in lines), out.stdout
+
+
+def test_cargo_lto_relinks_every_module_and_compiles_no_model(project):
+    """The suite links with CARGO_LTO=off (conftest); the default links with
+    the release profile's LTO, into other bytes."""
+    wasm = project["top"] / "build/alpha/run-model.wasm"
+    without = wasm.read_bytes()
+    compiled, out = project["build"]("CARGO_LTO=on")
+    assert compiled == [] and out.stdout.count("Building run-model.wasm") == 2, out.stdout
+    assert wasm.read_bytes() != without
+    compiled, out = project["build"]()
+    assert compiled == [] and out.stdout.count("Building run-model.wasm") == 2, out.stdout
+    assert wasm.read_bytes() == without

@@ -21,6 +21,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("wasi", "digits")
+# Without LTO, modules link in seconds: what is tested here is what builds
+# when, not how it links.
+SCONS = (sys.executable, "-m", "SCons", "-Q", "CARGO_LTO=off")
 # Every file a test here edits.
 EDITED_FILES = ("models/digits/labels.txt", "models/digits/train.py", "models/digits/model.json",
                 "models/efficientnet_lite0/efficientnet_lite0.onnx", "rust/classify/src/main.rs",
@@ -57,7 +60,7 @@ class Checkout:
         self.cache = cache
 
     def scons(self, *args, check=True):
-        cmd = [sys.executable, "-m", "SCons", "-Q", *args]
+        cmd = [*SCONS, *args]
         if self.cache:
             cmd.append(f"CACHE_DIR={self.cache}")
         out = subprocess.run(cmd, cwd=self.root, capture_output=True, text=True, timeout=900)
@@ -237,7 +240,7 @@ def test_cargo_manifests_rebuild_the_crates_that_read_them(checkout):
 def kill_during(checkout, step_line, *args):
     """Starts a build, SIGKILLs its whole process group once `step_line`
     has been printed and a moment passed, and returns."""
-    proc = subprocess.Popen([sys.executable, "-m", "SCons", "-Q", *args], cwd=checkout.root,
+    proc = subprocess.Popen([*SCONS, *args], cwd=checkout.root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     for line in proc.stdout:

@@ -1,15 +1,15 @@
-"""Small ONNX graphs, and a whole ResNet18, compiled by the plugin and run
+"""Small ONNX graphs, and a whole ResNet18 and MobileNetV2, compiled by the plugin and run
 under wasmtime, must give onnxruntime's results.
 
 Every graph is built in one scons run (-j2) with the default pipeline (nhwc);
 each is then its own test. A few graphs are also built with the other
 pipelines (fold-fuse, TVM's default), which must agree.
 """
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import zlib
 
 import numpy as np
@@ -130,16 +130,43 @@ def mobile_head(name):
          "slope": w(8, 1, 1), "wf": w(5, 8 * 4 * 4), "bf": w(5)})
 
 
+def _generator(model_dir):
+    """models/<model_dir>/make_onnx.py, loaded under its own name (every
+    generated model's script is called make_onnx)."""
+    path = REPO / "models" / model_dir / "make_onnx.py"
+    spec = importlib.util.spec_from_file_location(f"make_{model_dir}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def resnet18(name):
     """A whole ResNet18 (the generator of the benchmark's ResNet50, with
     basic blocks) on a batch of two 64x64 images: 20 convolutions, 11.7 M
     parameters, and its stage-1 3x3 convolutions by Winograd."""
-    sys.path.insert(0, str(REPO / "models" / "resnet50"))
-    import make_onnx
-
-    model = make_onnx.resnet18(seed=zlib.crc32(name.encode()), size=64, batch=2)
+    model = _generator("resnet50").resnet18(seed=zlib.crc32(name.encode()), size=64, batch=2)
     model.graph.name = name
     return model
+
+
+def mobilenet_v2(name):
+    """A whole MobileNetV2 on one 64x64 image: 52 convolutions, 17 of them
+    depthwise, ReLU6 as Clip, 10 residual adds and 3.5 M parameters."""
+    model = _generator("mobilenet_v2").mobilenet_v2(seed=zlib.crc32(name.encode()), size=64)
+    model.graph.name = name
+    return model
+
+
+def test_generated_mobilenet_v2_has_mobilenet_v2s_shape():
+    nodes = mobilenet_v2("mobilenet_v2").graph.node
+    convs = [n for n in nodes if n.op_type == "Conv"]
+    groups = [next(a.i for a in n.attribute if a.name == "group") for n in convs]
+    depthwise = [g for g in groups if g > 1]
+    assert (len(convs), len(depthwise)) == (52, 17)
+    assert sum(n.op_type == "Add" for n in nodes) == 10
+    weights = mobilenet_v2("mobilenet_v2").graph.initializer
+    params = sum(np.prod(t.dims) for t in weights if t.name.split(".")[-1] not in ("mean", "var"))
+    assert 3.50e6 < params < 3.51e6  # torchvision's mobilenet_v2: 3,504,872
 
 
 def maxpool(name):
@@ -350,7 +377,7 @@ def int32_ops(name):
 
 
 GRAPHS = {f.__name__: f for f in [
-    conv, conv_blocks, resnet_block, mobile_head, resnet18, pads_and_pools, maxpool, avgpool, split_pool_resize,
+    conv, conv_blocks, resnet_block, mobile_head, resnet18, mobilenet_v2, pads_and_pools, maxpool, avgpool, split_pool_resize,
     resize_bilinear, shape_inputs, gemm, matmul_add, elementwise, broadcast_both_ways, reshape_transpose_flatten,
     softmax, concat, two_in_two_out, weights_from_nodes, int64_ops, int32_ops]}
 PIPELINE_GRAPHS = ["conv", "conv_blocks", "resnet_block", "elementwise"]  # also built with the other pipelines
