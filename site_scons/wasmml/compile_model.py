@@ -458,10 +458,7 @@ def _tuned_kernels(mod):
 def build_object(mod, target, path):
     from tvm import relax
 
-    try:
-        ex = relax.build(mod, target, relax_pipeline=None, system_lib=True)
-    except Exception as e:
-        raise ModelError(f"TVM cannot compile the kernels: {_first_line(e)}")
+    ex = relax.build(mod, target, relax_pipeline=None, system_lib=True)
     ex.mod.imports[0].write_to_file(path)
 
 
@@ -568,6 +565,83 @@ def _node_making(model, shapes, tensor):
                 np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name == tensor["dtype"]):
             return f", made by node '{node.name or out}' (operator {_operator_name(node)})"
     return ""
+
+
+# --- which node TVM fails on --------------------------------------------------
+
+def tvm_failure(step, error, model, shapes, pipeline, target):
+    """The ModelError for TVM failing to `step` ("lower" or "compile") the
+    graph. TVM's message names neither node nor operator (its importer keeps
+    no trace of them), so this names the first node that fails alone."""
+    node, reason = failing_node(model, shapes, pipeline, target, compile_kernels=step == "compile")
+    if node is None:
+        return ModelError(f"TVM cannot {step} the graph: {_first_line(error)}")
+    return ModelError(
+        f"TVM cannot {step} node '{node.name or node.output[0]}' (operator {_operator_name(node)}): "
+        f"{reason}; change that node in the model (another operator, or its inputs "
+        "cast to a type TVM supports for it) or export the model without it")
+
+
+def failing_node(model, shapes, pipeline, target, compile_kernels=False):
+    """(node, TVM's reason) for the first node, in graph order, that TVM
+    fails to lower (and with compile_kernels, to compile) as a graph of its
+    own, its inputs typed and shaped as ONNX's inference says; (None, None)
+    if none does. Only a diagnosis once the whole graph has failed: each
+    kind of node (operator, attributes, input types) is tried once."""
+    known = _inferred_shapes(model, shapes)
+    values = {t.name: t for t in model.graph.initializer}
+    values.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    tried = set()
+    for node in model.graph.node:
+        alone = _node_alone(model, node, known, values)
+        if alone is None:
+            continue
+        single, single_shapes = alone
+        kind = single.graph.SerializeToString(deterministic=True)
+        if kind in tried:
+            continue
+        tried.add(kind)
+        try:
+            mod = to_relax(single, single_shapes, pipeline)
+        except ModelError:
+            continue  # fails earlier than the graph did: not what the graph hit
+        try:
+            lowered = lower(mod, target, pipeline)
+            if compile_kernels:
+                with tempfile.TemporaryDirectory() as tmp:
+                    build_object(lowered, target, os.path.join(tmp, "kernels.o"))
+        except Exception as e:  # noqa: BLE001 -- TVM raises its own kinds
+            return node, _first_line(e)
+    return None, None
+
+
+def _node_alone(model, node, known, values):
+    """(model of `node` alone, its input shapes): its constant inputs as
+    initializers, the others as inputs typed as `known` says; None if the
+    node is a Constant or an input's type or shape is not known."""
+    import onnx
+    from onnx import helper
+
+    if node.op_type == "Constant":
+        return None
+    inputs, initializers, shapes = [], [], {}
+    for name in dict.fromkeys(i for i in node.input if i):
+        if name in values:
+            initializers.append(values[name])
+            continue
+        elem_type, dims = known.get(name, (None, None))
+        if not elem_type or dims is None or None in dims:
+            return None
+        inputs.append(helper.make_tensor_value_info(name, elem_type, dims))
+        shapes[name] = dims
+    outputs = [helper.make_tensor_value_info(o, known.get(o, (0, None))[0] or 0, None)
+               for o in node.output if o]
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    graph = helper.make_graph([copy], "alone", inputs, outputs, initializers)
+    single = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    return single, shapes
 
 
 # --- the execution plan ----------------------------------------------------
@@ -792,8 +866,8 @@ def compile_model(args, stages):
     target = wasm_target(args.target_features)
     try:
         lowered = lower(mod, target, args.pipeline, args.tuning_db, stages)
-    except Exception as e:
-        raise ModelError(f"TVM cannot lower the graph: {_first_line(e)}")
+    except Exception as e:  # noqa: BLE001 -- TVM raises its own kinds
+        raise tvm_failure("lower", e, model, shapes, args.pipeline, target)
     if _has_unknown_shapes(lowered["main"]):
         raise ModelError(unknown_shape_cause(model, shapes))
     builder = PlanBuilder()
@@ -802,7 +876,10 @@ def compile_model(args, stages):
     stages.done("lowered")
     with tempfile.TemporaryDirectory() as tmp:
         obj = os.path.join(tmp, "kernels.o")
-        build_object(lowered, target, obj)
+        try:
+            build_object(lowered, target, obj)
+        except Exception as e:  # noqa: BLE001
+            raise tvm_failure("compile", e, model, shapes, args.pipeline, target)
         stages.done("kernels built")
         try:
             write_outputs(args, plan, builder.weights, obj)
