@@ -73,6 +73,27 @@ def test_health_and_unknown_operations(actor):
         instance.call("HandleRequest", b"\xc1")
 
 
+GOOD_REQUEST = {"method": "PUT", "path": "/", "queryString": "", "header": {}, "body": b""}
+WRONG_TYPES = {"method": 5, "path": ["/"], "queryString": {"top": 5}, "header": "Content-Type: x",
+               "body": 12.5}
+
+
+def test_wrong_field_types_are_malformed_requests(actor):
+    """A request map whose fields have the wrong types, or lack one, is a
+    guest error that says so, not a trap; the actor then still answers."""
+    import msgpack
+    from wasmml.wascc_host import Actor, GuestError
+    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wasmrun-cache").instantiate()
+    for field, wrong in WRONG_TYPES.items():
+        with pytest.raises(GuestError, match="HandleRequest: malformed request: .*invalid type"):
+            instance.call("HandleRequest", msgpack.packb(dict(GOOD_REQUEST, **{field: wrong})))
+    missing = {k: v for k, v in GOOD_REQUEST.items() if k != "path"}
+    with pytest.raises(GuestError, match="HandleRequest: malformed request: .*missing field `path`"):
+        instance.call("HandleRequest", msgpack.packb(missing))
+    health = msgpack.unpackb(instance.call("HealthRequest", msgpack.packb({"placeholder": True})))
+    assert health["healthy"] is True
+
+
 def test_cat_photo_answers_a_cat_class_as_a_json_string(host):
     status, headers, body = host.request("PUT", photo("chelsea.png"))
     assert status == 200, body
