@@ -229,6 +229,21 @@ def test_compiler_code_recompiles_models(checkout, module):
     assert "train digits" not in ran
 
 
+def test_every_module_of_the_compiler_is_a_source_of_each_compile():
+    """The test above edits two of them; this one checks that no module the
+    compiler imports from wasmml is missing from the list it proved."""
+    sys.path.insert(0, str(REPO / "site_scons"))
+    from site_tools import tvm_model
+
+    compiler = REPO / "site_scons" / "wasmml"
+    imported = set(re.findall(r"from wasmml(?: import |\.)(\w+)",
+                              (compiler / "compile_model.py").read_text()))
+    assert imported >= {"winograd", "fold_batch_norm"}
+    sources = {Path(p).resolve() for p in tvm_model.COMPILER_SOURCES}
+    assert {(compiler / f"{m}.py").resolve() for m in imported} <= sources
+    assert (compiler / "compile_model.py").resolve() in sources
+
+
 def test_cargo_manifests_rebuild_the_crates_that_read_them(checkout):
     checkout.edit("rust/classify/Cargo.toml", lambda s: s + "\n# edited by a test\n")
     assert checkout.build("run-model")[0] == {"build classify.wasm", "build digits.wasm"}

@@ -80,8 +80,10 @@ def conv_blocks(name):
 def resnet_block(name):
     """A ResNet basic block on a batch of two: 3x3 convolutions with stride
     1 (the nhwc pipeline computes these by Winograd's F(4x4, 3x3)), batch
-    normalisation, padded and unpadded, on images (14x14, then 12x12) that
-    are not a whole number of 4x4 tiles."""
+    normalisation after them (folded into their weights) and before them
+    on the input (ResNet v2's pre-activation: computed), padded and
+    unpadded, on images (14x14, then 12x12) that are not a whole number of
+    4x4 tiles."""
     r = _rng(name)
     w = lambda *shape: (r.standard_normal(shape) * 0.2).astype(np.float32)  # noqa: E731
 
@@ -90,7 +92,9 @@ def resnet_block(name):
                 f"{prefix}_mean": w(channels), f"{prefix}_var": 0.5 + r.random(channels, dtype=np.float32)}
 
     return _model(name, [
-        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["x", "n0_scale", "n0_bias", "n0_mean", "n0_var"], ["n0"]),
+        helper.make_node("Relu", ["n0"], ["r0"]),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["c1", "n1_scale", "n1_bias", "n1_mean", "n1_var"], ["n1"]),
         helper.make_node("Relu", ["n1"], ["r1"]),
         helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
@@ -100,7 +104,7 @@ def resnet_block(name):
         helper.make_node("Conv", ["r2", "w3"], ["y"], kernel_shape=[3, 3], auto_pad="VALID"),
     ], [("x", F32, [2, 16, 14, 14])], [("y", F32, [2, 16, 12, 12])],
         {"w1": w(24, 16, 3, 3), "b1": w(24), **batch_norm("n1", 24), "w2": w(16, 24, 3, 3),
-         **batch_norm("n2", 16), "w3": w(16, 16, 3, 3)})
+         **batch_norm("n2", 16), "w3": w(16, 16, 3, 3), **batch_norm("n0", 16)})
 
 
 def mobile_head(name):
@@ -531,11 +535,17 @@ def test_nhwc_fuses_each_activation_into_its_convolution(built):
 
 def test_nhwc_computes_3x3_stride_1_convolutions_by_winograd(built):
     """resnet_block's three convolutions, padded or not, the first two with
-    their batch norm fused; conv_blocks' grouped and depthwise ones and
-    conv's strided one stay direct."""
-    convs = [k for k in _kernels(built, "resnet_block") if "conv2d" in k]
+    their batch norm folded into the weights and their ReLU fused;
+    conv_blocks' grouped and depthwise ones and conv's strided one stay
+    direct."""
+    kernels = _kernels(built, "resnet_block")
+    convs = [k for k in kernels if "conv2d" in k]
     assert len(convs) == 3 and all("conv2d_winograd" in k for k in convs), convs
-    assert sum("_subtract" in k and "_divide" in k for k in convs) == 2, convs
+    assert sum("_relu" in k for k in convs) == 2, convs
+    assert not any("_subtract" in k or "_divide" in k for k in convs), convs
+    # the batch norm on the input cannot be folded: it is computed, and its
+    # ReLU fuses with it
+    assert [k for k in kernels if "_subtract" in k and "_relu" in k], kernels
     for name in ("conv", "conv_blocks"):
         assert not any("winograd" in k for k in _kernels(built, name)), name
 

@@ -70,6 +70,20 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     assert "tuning 0 with" in again.stdout, again.stdout
     assert (db / "database_tuning_record.json").read_text().splitlines() == records
 
+    # a kernel the model no longer has (the compiler changed): TUNE_PRUNE
+    # drops its workload and records, and renumbers the others'
+    workloads_file, records_file = db / "database_workload.json", db / "database_tuning_record.json"
+    workloads = workloads_file.read_text().splitlines()
+    orphan = json.dumps(["12345", json.loads(workloads[0])[1]])
+    workloads_file.write_text("\n".join([orphan] + workloads) + "\n")
+    moved = [json.dumps([r[0] + 1, r[1]]) for r in map(json.loads, records)]
+    records_file.write_text("\n".join(moved + [json.dumps([0, json.loads(records[0])[1]])]) + "\n")
+    pruned = scons("tune", *args, "TUNE_PRUNE=yes", cwd=top)
+    assert "tuning 0 with" in pruned.stdout, pruned.stdout
+    assert f"pruned 1 of {len(workloads) + 1} workloads and 1 of {len(records) + 1} records" in pruned.stdout
+    assert list(map(json.loads, records_file.read_text().splitlines())) == list(map(json.loads, records))
+    assert list(map(json.loads, workloads_file.read_text().splitlines())) == list(map(json.loads, workloads))
+
     rebuilt = scons(*args, cwd=top)  # the database is a source of the compile
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, nhwc, tuned)" in rebuilt.stdout
     # the wasm32 build found a record for each kernel: the convolution, and
@@ -117,7 +131,7 @@ def test_a_record_cut_off_by_an_interrupted_tuning_run_is_left_out(repo, tmp_pat
 
     records = tmp_path / compile_model.RECORDS_FILE
     records.write_text('[0, [0.5]]\n[1, [0.25]]\n[2, [0.1')
-    assert compile_model._json_lines(str(records), "tuning record") == [[0, [0.5]], [1, [0.25]]]
+    assert compile_model.read_json_lines(str(records), "tuning record") == [[0, [0.5]], [1, [0.25]]]
     records.write_text('[0, [0.5]]\n[1, [0.2\n[2, [0.125]]\n')
     with pytest.raises(compile_model.ModelError, match=f"{records}: not a readable tuning record file"):
-        compile_model._json_lines(str(records), "tuning record")
+        compile_model.read_json_lines(str(records), "tuning record")

@@ -146,6 +146,9 @@ def _fold_fuse(mod, stages=None):
         # batch norm as a multiply and an add of constants: folded, then
         # fused into the convolution before it instead of a kernel of its own
         relax.transform.DecomposeOpsForInference(),
+        # batch norm's result is a tuple's first field; reading it straight
+        # from the tuple lets the ReLU after it fuse into the convolution
+        relax.transform.CanonicalizeBindings(),
         relax.transform.LegalizeOps(),
         relax.transform.FoldConstant(),
         relax.transform.AnnotateTIROpPattern(),
@@ -240,8 +243,10 @@ def to_relax(model, shapes, pipeline=DEFAULT_PIPELINE):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
+    from wasmml.fold_batch_norm import fold_batch_norms
+
     check_operators(model)
-    model = shape_like_initializers_as_constants(model)
+    model = fold_batch_norms(shape_like_initializers_as_constants(model))
     try:
         with _clip_as_relax_ops(pipeline in LAYOUT_PIPELINES):
             mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
@@ -399,9 +404,9 @@ def best_schedules(path):
     and does not pay for the records that lost."""
     from tvm.s_tir import meta_schedule as ms
 
-    workloads = _json_lines(os.path.join(path, WORKLOADS_FILE), "workload")
+    workloads = read_json_lines(os.path.join(path, WORKLOADS_FILE), "workload")
     best = {}
-    for index, record in _json_lines(os.path.join(path, RECORDS_FILE),
+    for index, record in read_json_lines(os.path.join(path, RECORDS_FILE),
                                      "tuning record"):
         seconds = _mean_run_seconds(record)
         if seconds is not None and (index not in best or seconds < best[index][0]):
@@ -414,7 +419,7 @@ def best_schedules(path):
     return database
 
 
-def _json_lines(path, what):
+def read_json_lines(path, what):
     """The JSON values of a file with one per line. A last line without its
     newline is a record that an interrupted tuning run was writing: it is
     left out (the next `scons tune` rewrites the file without it)."""

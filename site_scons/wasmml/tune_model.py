@@ -57,6 +57,9 @@ def parse_args(argv):
                    help="the compile pipeline the database is for")
     p.add_argument("--measure", choices=("wasmtime", "native"), default="wasmtime",
                    help="where candidates are timed (default: wasmtime)")
+    p.add_argument("--prune", action="store_true",
+                   help="afterwards, drop the workloads and records of kernels the model no "
+                        "longer has (after a change to the compiler or the model)")
     return p.parse_args(argv)
 
 
@@ -113,13 +116,14 @@ def tune(args):
     print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned"
           f"{' or left out' if args.focus else ''}, "
           f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
-    if not todo:
-        return
-    ms.tune.tune_tasks(tasks=[contexts[i] for i in todo], task_weights=[weights[i] for i in todo],
-                       work_dir=args.database, max_trials_global=args.trials_per_task * len(todo),
-                       max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
-                       database=database, cost_model=COST_MODEL, builder=builder, runner=runner)
-    open_database(args.database)  # prunes what this run added and cannot be replayed
+    if todo:
+        ms.tune.tune_tasks(tasks=[contexts[i] for i in todo], task_weights=[weights[i] for i in todo],
+                           work_dir=args.database, max_trials_global=args.trials_per_task * len(todo),
+                           max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
+                           database=database, cost_model=COST_MODEL, builder=builder, runner=runner)
+        database = open_database(args.database)  # drops what this run added and cannot be replayed
+    if args.prune:
+        prune(args.database, database, tasks)
 
 
 def import_tensor_intrinsics():
@@ -189,8 +193,7 @@ def open_database(path):
     TVM cannot replay on their workload: MetaSchedule measures and stores
     them (seen for the global-average-pool reduction), but loading a
     database with one of them fails as a whole, which would fail the build."""
-    import shutil
-    import tempfile
+    import json
 
     from tvm.s_tir import meta_schedule as ms
 
@@ -198,26 +201,59 @@ def open_database(path):
         return ms.database.JSONDatabase(work_dir=path)
     except Exception:  # noqa: BLE001 -- TVM raises RuntimeError or its own kinds
         pass
+    # Each workload is parsed once, and each record replayed on it as the
+    # loader does. Loading the whole workload file once per record, as
+    # before, would have taken hours on ResNet50's (68 workloads, 7 MB, and
+    # 3,500 records); this takes about a minute.
+    workloads = [ms.database.Workload.from_json(w)
+                 for w in cm.read_json_lines(os.path.join(path, cm.WORKLOADS_FILE), "workload")]
     records = os.path.join(path, cm.RECORDS_FILE)
     with open(records) as f:
-        lines = f.read().splitlines()
-    kept = []
-    with tempfile.TemporaryDirectory() as scratch:
-        shutil.copy(os.path.join(path, cm.WORKLOADS_FILE), scratch)
-        for line in lines:
-            with open(os.path.join(scratch, cm.RECORDS_FILE), "w") as f:
-                f.write(line + "\n")
-            try:
-                ms.database.JSONDatabase(work_dir=scratch)
-            except Exception:  # noqa: BLE001
-                continue
-            kept.append(line)
+        lines = [line for line in f.read().splitlines() if line.strip()]
+    kept = [line for line in lines if _replays(json.loads(line), workloads)]
     print(f"  dropped {len(lines) - len(kept)} of {len(lines)} records that TVM cannot replay",
           flush=True)
     with open(records + ".tmp", "w") as f:
         f.write("".join(line + "\n" for line in kept))
     os.replace(records + ".tmp", records)
     return ms.database.JSONDatabase(work_dir=path)
+
+
+def _replays(record, workloads):
+    from tvm.s_tir import meta_schedule as ms
+
+    index, value = record
+    try:
+        ms.database.TuningRecord.from_json(value, workloads[index])
+        return True
+    except Exception:  # noqa: BLE001 -- TVM raises its own kinds
+        return False
+
+
+def prune(path, database, tasks):
+    """Rewrites the database at `path` with only the workloads of `tasks`
+    and their records: a change to the compiler or the model leaves the
+    old kernels' records behind, which no build reads."""
+    import json
+
+    current = {database.commit_workload(t.dispatched[0]).as_json()[0]
+               for t in tasks if database.has_workload(t.dispatched[0])}
+    workloads = cm.read_json_lines(os.path.join(path, cm.WORKLOADS_FILE), "workload")
+    records = cm.read_json_lines(os.path.join(path, cm.RECORDS_FILE), "tuning record")
+    new_index = {}
+    for old, workload in enumerate(workloads):
+        if workload[0] in current:
+            new_index[old] = len(new_index)
+    kept = [[new_index[r[0]], r[1]] for r in records if r[0] in new_index]
+    for name, lines in ((cm.WORKLOADS_FILE, [workloads[i] for i in new_index]),
+                        (cm.RECORDS_FILE, kept)):
+        target = os.path.join(path, name)
+        with open(target + ".tmp", "w") as f:
+            f.write("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
+        os.replace(target + ".tmp", target)
+    print(f"  pruned {len(workloads) - len(new_index)} of {len(workloads)} workloads and "
+          f"{len(records) - len(kept)} of {len(records)} records of kernels the model no longer has",
+          flush=True)
 
 
 def _time_share(database, task):

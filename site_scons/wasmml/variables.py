@@ -7,7 +7,7 @@
 
 import os
 
-from SCons.Variables import EnumVariable, PathVariable, Variables
+from SCons.Variables import BoolVariable, EnumVariable, PathVariable, Variables
 
 from wasmml.compile_model import DEFAULT_PIPELINE
 
@@ -22,6 +22,8 @@ def plugin_variables(arguments):
     variables.Add("TUNE_TRIALS", "`scons tune`: measured candidates per kernel", "64")
     variables.Add("TUNE_FOCUS", "`scons tune`: tune only the N kernels that cost most so far (0: all)",
                   "0")
+    variables.Add(BoolVariable("TUNE_PRUNE", "`scons tune`: afterwards, drop the records of kernels "
+                               "the model no longer has", False))
     variables.Add(EnumVariable(
         "TUNE_MEASURE", "`scons tune`: where candidates are timed", "wasmtime",
         allowed_values=("wasmtime", "native")))

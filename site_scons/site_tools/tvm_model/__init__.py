@@ -37,6 +37,8 @@ three can be set for one model from the command line: NAME.OPTION=VALUE):
                          model most by its database so far (default 0: all)
     TUNE_MEASURE         where TVMTune times candidates: "wasmtime" (default)
                          or "native" (an x86 proxy with 128-bit vectors)
+    TUNE_PRUNE           True: TVMTune then drops the records of kernels the
+                         model no longer has (default False)
     PYTHON               the interpreter that has TVM (default: SCons's own)
     LLVM_AR              found on PATH unless set
     TVMCOM, TVMCOMSTR    the compile command and its log line
@@ -58,7 +60,8 @@ from wasmml import buildlock, buildstate, compile_model, staging, toolchain
 _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 # the compiler's code: a change to any of it recompiles every model
-COMPILER_SOURCES = [COMPILER, os.path.join(_WASMML_DIR, "winograd.py")]
+COMPILER_SOURCES = [COMPILER] + [os.path.join(_WASMML_DIR, module)
+                               for module in ("winograd.py", "fold_batch_norm.py")]
 TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
 TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
 
@@ -75,6 +78,7 @@ TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
     "--database \"$TVM_TUNING_DB\" --trials-per-task $TUNE_TRIALS --focus $TUNE_FOCUS $_TVM_SHAPE_FLAGS "
     "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
+    "${'--prune' if TUNE_PRUNE else ''} "
     "--logs \"${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME\""
 )
 
@@ -243,6 +247,7 @@ def generate(env):
         TUNE_TRIALS=64,
         TUNE_FOCUS=0,
         TUNE_MEASURE="wasmtime",
+        TUNE_PRUNE=False,
         TUNECOM=TUNECOM,
         TUNECOMSTR="Tuning model $TVM_MODEL_NAME into $TVM_TUNING_DB ($TUNE_TRIALS trials a kernel)",
         _TVM_SHAPE_FLAGS="${_tvm_shape_flags(TVM_INPUT_SHAPES)}",

@@ -1,0 +1,128 @@
+"""Batch normalisation folded into the convolution before it.
+
+At inference a BatchNormalization is y = (x - mean) * scale / sqrt(var + eps)
++ bias per channel. After a convolution that is the same as the convolution
+with each output channel's filter multiplied by s = scale / sqrt(var + eps)
+and a bias of (conv_bias - mean) * s + bias. The build computes the new
+weights once, in float64, so each kernel's epilogue is one add instead of a
+subtract, a divide, a multiply and an add, and the ReLU after it fuses into
+the same kernel (onnxruntime's ConvBNFusion does the same at load time).
+
+Folded only where that is exact: the convolution's output feeds nothing but
+the batch norm, and the weights and statistics are initializers.
+
+Used by compile_model.py before TVM imports the model.
+"""
+
+DEFAULT_EPSILON = 1e-5  # ONNX BatchNormalization's default
+
+
+def fold_batch_norms(model):
+    """A copy of the model with every foldable Conv -> BatchNormalization
+    pair replaced by one Conv with new weights; the model itself when it has
+    no such pair."""
+    import onnx
+
+    pairs = _foldable_pairs(model.graph)
+    if not pairs:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    initializers = {t.name: t for t in graph.initializer}
+    # IR < 4 lists every initializer among the graph's inputs too
+    lists_initializers = any(i.name in initializers for i in graph.input)
+    nodes = list(graph.node)
+    for conv_index, norm_index in pairs:
+        for tensor in _fold(nodes[conv_index], nodes[norm_index], initializers):
+            graph.initializer.append(tensor)
+            if lists_initializers:
+                graph.input.append(onnx.helper.make_tensor_value_info(
+                    tensor.name, tensor.data_type, tensor.dims))
+    norms = {norm_index for _, norm_index in pairs}
+    del graph.node[:]
+    graph.node.extend(n for i, n in enumerate(nodes) if i not in norms)
+    _drop_unused_initializers(graph)
+    return copy
+
+
+def _foldable_pairs(graph):
+    """(conv index, batch norm index) of each pair that can be folded."""
+    initializers = {t.name for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {out: i for i, n in enumerate(graph.node) for out in n.output}
+    pairs = []
+    for norm_index, norm in enumerate(graph.node):
+        if not _is_standard(norm, "BatchNormalization") or len(norm.output) != 1:
+            continue
+        if _attribute(norm, "training_mode", 0) or len(norm.input) != 5:
+            continue
+        conv_index = producer.get(norm.input[0])
+        if conv_index is None or not _is_standard(graph.node[conv_index], "Conv"):
+            continue
+        conv = graph.node[conv_index]
+        constants = [n for n in conv.input[1:] if n] + list(norm.input[1:])
+        if (all(n in initializers for n in constants) and readers[conv.output[0]] == 1
+                and conv.output[0] not in graph_outputs):
+            pairs.append((conv_index, norm_index))
+    return pairs
+
+
+def _is_standard(node, op_type):
+    return node.op_type == op_type and node.domain in ("", "ai.onnx")
+
+
+def _fold(conv, norm, initializers):
+    """Rewrites `conv` to compute `conv` then `norm`, and returns the new
+    weight and bias it reads (its own: the old ones may be read by other
+    nodes too)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    def array(name):
+        return numpy_helper.to_array(initializers[name])
+
+    weight = array(conv.input[1])
+    scale, bias, mean, var = (array(n).astype(np.float64) for n in norm.input[1:])
+    factor = scale / np.sqrt(var + _attribute(norm, "epsilon", DEFAULT_EPSILON))
+    has_bias = len(conv.input) > 2 and conv.input[2]
+    conv_bias = array(conv.input[2]).astype(np.float64) if has_bias else 0.0
+    per_channel = factor.reshape((-1,) + (1,) * (weight.ndim - 1))
+    base = conv.name or conv.output[0]
+    tensors = [numpy_helper.from_array(value.astype(weight.dtype), f"{base}.{suffix}") for suffix, value in (
+        ("folded_weight", weight.astype(np.float64) * per_channel),
+        ("folded_bias", (conv_bias - mean) * factor + bias))]
+    for tensor in tensors:
+        initializers[tensor.name] = tensor
+    data = conv.input[0]
+    del conv.input[:]
+    conv.input.extend([data] + [t.name for t in tensors])
+    del conv.output[:]
+    conv.output.extend(norm.output)
+    return tensors
+
+
+def _attribute(node, name, default):
+    from onnx import helper
+
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _drop_unused_initializers(graph):
+    """Removes the initializers no node reads any more (and, for IR < 4,
+    their entries among the graph's inputs)."""
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    unused = {t.name for t in graph.initializer if t.name not in read}
+    kept = [t for t in graph.initializer if t.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    inputs = [i for i in graph.input if i.name not in unused]
+    del graph.input[:]
+    graph.input.extend(inputs)
