@@ -252,27 +252,32 @@ def test_cargo_manifests_rebuild_the_crates_that_read_them(checkout):
         "build classify.wasm", "build digits.wasm", "build run-model.wasm"}
 
 
-def kill_during(checkout, step_line, *args):
-    """Starts a build, SIGKILLs its whole process group once `step_line`
-    has been printed and a moment passed, and returns."""
+def kill_during(checkout, step_line, delay, *args):
+    """Starts a build, SIGKILLs its whole process group `delay` seconds
+    after `step_line` is printed, and checks that the build was still
+    running then."""
     proc = subprocess.Popen([*SCONS, *args], cwd=checkout.root,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     for line in proc.stdout:
         if line.startswith(step_line):
-            time.sleep(1.5)
+            time.sleep(delay)
             break
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the build ended before {step_line!r} was killed"
 
 
-@pytest.mark.parametrize("step,edit", [
-    ("Compiling model digits", ("models/digits/model.json", lambda s: s.replace("{", '{"note": "a killed build", ', 1))),
-    ("Building digits.wasm", ("rust/vision/src/lib.rs", lambda s: s + "\n// killed build\n")),
+# The digits model compiles in under a second (so the kill comes soon after
+# the step starts); cargo rebuilds two crates for digits.wasm in several.
+@pytest.mark.parametrize("step,delay,edit", [
+    ("Compiling model digits", 0.2,
+     ("models/digits/model.json", lambda s: s.replace("{", '{"note": "a killed build", ', 1))),
+    ("Building digits.wasm", 1.5, ("rust/vision/src/lib.rs", lambda s: s + "\n// killed build\n")),
 ])
-def test_a_killed_build_completes_correctly_when_run_again(checkout, digit_image, step, edit):
+def test_a_killed_build_completes_correctly_when_run_again(checkout, digit_image, step, delay, edit):
     checkout.edit(*edit)
-    kill_during(checkout, step, "digits")
+    kill_during(checkout, step, delay, "digits")
     ran, log = checkout.build()
     assert "build digits.wasm" in ran, log
     image, label = digit_image
