@@ -33,6 +33,8 @@ def fold_batch_norms(model):
     # IR < 4 lists every initializer among the graph's inputs too
     lists_initializers = any(i.name in initializers for i in graph.input)
     nodes = list(graph.node)
+    # the weights and statistics the fold replaces (read before it rewrites them)
+    replaced = {name for pair in pairs for i in pair for name in nodes[i].input[1:]}
     for conv_index, norm_index in pairs:
         for tensor in _fold(nodes[conv_index], nodes[norm_index], initializers):
             graph.initializer.append(tensor)
@@ -42,7 +44,7 @@ def fold_batch_norms(model):
     norms = {norm_index for _, norm_index in pairs}
     del graph.node[:]
     graph.node.extend(n for i, n in enumerate(nodes) if i not in norms)
-    _drop_unused_initializers(graph)
+    _drop_unread(graph, replaced)
     return copy
 
 
@@ -115,11 +117,12 @@ def _attribute(node, name, default):
     return default
 
 
-def _drop_unused_initializers(graph):
-    """Removes the initializers no node reads any more (and, for IR < 4,
-    their entries among the graph's inputs)."""
+def _drop_unread(graph, replaced):
+    """Removes the initializers among `replaced` that no node reads any more
+    (a weight may be shared with a convolution that was not folded), and,
+    for IR < 4, their entries among the graph's inputs."""
     read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    unused = {t.name for t in graph.initializer if t.name not in read}
+    unused = {name for name in replaced if name and name not in read}
     kept = [t for t in graph.initializer if t.name not in unused]
     del graph.initializer[:]
     graph.initializer.extend(kept)

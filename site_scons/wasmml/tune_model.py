@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from wasmml import compile_model as cm  # noqa: E402
+from wasmml import staging  # noqa: E402
 
 # x86-64 with SSE4.2: 128-bit vectors like simd128; one core: no threads.
 PROXY_TARGET = {"kind": "llvm", "mcpu": "x86-64", "mattr": ["+sse4.2"], "num-cores": 1}
@@ -213,9 +214,7 @@ def open_database(path):
     kept = [line for line in lines if _replays(json.loads(line), workloads)]
     print(f"  dropped {len(lines) - len(kept)} of {len(lines)} records that TVM cannot replay",
           flush=True)
-    with open(records + ".tmp", "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(records + ".tmp", records)
+    staging.write_into_place(records, "".join(line + "\n" for line in kept).encode())
     return ms.database.JSONDatabase(work_dir=path)
 
 
@@ -247,10 +246,8 @@ def prune(path, database, tasks):
     kept = [[new_index[r[0]], r[1]] for r in records if r[0] in new_index]
     for name, lines in ((cm.WORKLOADS_FILE, [workloads[i] for i in new_index]),
                         (cm.RECORDS_FILE, kept)):
-        target = os.path.join(path, name)
-        with open(target + ".tmp", "w") as f:
-            f.write("".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines))
-        os.replace(target + ".tmp", target)
+        text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines)
+        staging.write_into_place(os.path.join(path, name), text.encode())
     print(f"  pruned {len(workloads) - len(new_index)} of {len(workloads)} workloads and "
           f"{len(records) - len(kept)} of {len(records)} records of kernels the model no longer has",
           flush=True)
