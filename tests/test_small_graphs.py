@@ -5,6 +5,7 @@ Every graph is built in one scons run (-j2) with the default pipeline (nhwc);
 each is then its own test. A few graphs are also built with the other
 pipelines (fold-fuse, TVM's default), which must agree.
 """
+import collections
 import importlib.util
 import json
 import re
@@ -548,6 +549,17 @@ def test_nhwc_computes_3x3_stride_1_convolutions_by_winograd(built):
     assert [k for k in kernels if "_subtract" in k and "_relu" in k], kernels
     for name in ("conv", "conv_blocks"):
         assert not any("winograd" in k for k in _kernels(built, name)), name
+
+
+def test_winograd_tiles_small_images_by_2x2(built):
+    """ResNet18 on 64x64: stage 1's 16x16 images have enough tiles of 4x4
+    (F(4x4, 3x3): weights packed 6x6), stage 2's 8x8 ones only of 2x2
+    (F(2x2, 3x3): 4x4), and stages 3 and 4 too few of either (direct)."""
+    plan = json.loads((built[0] / "resnet18" / "resnet18.plan.json").read_text())
+    packed = collections.Counter(tuple(t["shape"][:2]) for t in plan["tensors"]
+                                 if t["region"] == "weights" and len(t["shape"]) == 4
+                                 and t["shape"][0] == t["shape"][1] and t["shape"][0] in (4, 6))
+    assert packed == {(6, 6): 4, (4, 4): 3}, packed
 
 
 @pytest.mark.parametrize("pipeline", OTHER_PIPELINES)

@@ -102,6 +102,27 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     untuned = scons(*args, "TVM_TUNING=off", cwd=top)  # the option turns it off again
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, nhwc)" in untuned.stdout
 
+    # relaxed SIMD's database of its own starts from SIMD128's best
+    # schedules, measured again with fused multiply-adds, then searches on
+    # (8 trials: the 4 seeded ones count as the kernel's first)
+    relaxed_args = [f"MODELS={model_json}", f"TUNE_TRIALS={2 * TRIALS}",
+                    "TVM_TARGET_FEATURES=+simd128,+relaxed-simd"]
+    relaxed = scons("tune", *relaxed_args, cwd=top)
+    assert f"schedules of {db} again" in relaxed.stdout, relaxed.stdout
+    relaxed_db = db.parent / "simd128+relaxed-simd"
+    relaxed_records = list(map(json.loads, (relaxed_db / "database_tuning_record.json").read_text().splitlines()))
+    seed_traces = {json.dumps(r[1][0]) for r in map(json.loads, records)}
+    seeded = [r for r in relaxed_records if json.dumps(r[1][0]) in seed_traces]
+    assert seeded and len(relaxed_records) > len(seeded), relaxed.stdout  # then its own trials
+    for record in relaxed_records:
+        trace, run_secs, target, _ = record[1]
+        assert "+relaxed-simd" in target["mattr"] and 0 < max(run_secs) < 1, record
+    relaxed_build = scons(*relaxed_args, cwd=top)
+    assert "(wasm32 +simd128,+relaxed-simd, nhwc, tuned)" in relaxed_build.stdout, relaxed_build.stdout
+    assert "3/3 kernels tuned" in relaxed_build.stdout, relaxed_build.stdout
+    assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
+                               tmp_path / "io-relaxed")
+
 
 def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, run_wasm, tmp_path):
     model, model_json = conv_relu_model(tmp_path / "model")

@@ -2,7 +2,7 @@
 would otherwise pick, measured side by side in one run on the same input.
 
     .venv/bin/python tools/bench_inference.py [--models efficientnet_lite0,resnet50] [--runs 10]
-        [--features +simd128[,+relaxed-simd]] [--pipeline nhwc|fold-fuse|prepack]
+        [--features "+simd128[;+simd128,+relaxed-simd]"] [--pipeline nhwc|fold-fuse|prepack]
 
 For each model (the bundled EfficientNet-Lite0, and ResNet50 with seeded
 random weights made by models/resnet50/make_onnx.py), one thread everywhere:
@@ -11,10 +11,13 @@ random weights made by models/resnet50/make_onnx.py), one thread everywhere:
   - TensorFlow.js's WebAssembly backend (SIMD) under Node, on the same graph
     converted by tools/bench/tfjs_graph.py (n/a if it cannot convert it);
   - TVM native (LLVM for this CPU) with the same compile pipeline as ours;
-  - ours: run-model.wasm under wasmtime (times measured inside the module).
+  - ours: run-model.wasm under wasmtime (times measured inside the module),
+    once for each set of wasm features in --features (separated by ";"),
+    each built with the tuning database its build applies.
 All outputs are checked against native onnxruntime before any time is
 printed. Then for each engine: the first run, the median and minimum of
---runs runs, and our median over its median. Last, our module's load time
+--runs runs, and our median over its median (a column for each set of
+features). Last, our (first) module's load time
 (wasmtime compiling it, and deserializing it from a precompiled cache) and
 its peak linear memory next to the weights and the planned activations.
 
@@ -40,7 +43,7 @@ OUT = REPO / "build" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "models" / "resnet50"))
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml.compile_model import DEFAULT_PIPELINE, find_tuning_db  # noqa: E402
+from wasmml.compile_model import DEFAULT_PIPELINE, find_tuning_db, tuning_slug  # noqa: E402
 
 MODELS = {
     "efficientnet_lite0": lambda: REPO / "models" / "efficientnet_lite0" / "model.json",
@@ -56,11 +59,13 @@ def parse_args():
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--features", default="+simd128",
-                   help="wasm features of our module (TVM_TARGET_FEATURES), e.g. +simd128,+relaxed-simd")
+                   help="wasm features of our module (TVM_TARGET_FEATURES), e.g. +simd128,+relaxed-simd; "
+                        "several sets separated by ';' are measured side by side")
     p.add_argument("--pipeline", default=DEFAULT_PIPELINE,
                    help=f"compile pipeline of our module (TVM_PIPELINE, default {DEFAULT_PIPELINE})")
     ns = p.parse_args()
     ns.models = [m.strip() for m in ns.models.split(",") if m.strip()]
+    ns.features = [f.strip() for f in ns.features.split(";") if f.strip()] or ["+simd128"]
     unknown = [m for m in ns.models if m not in MODELS]
     if unknown:
         p.error(f"unknown model {unknown[0]} (known: {', '.join(MODELS)})")
@@ -69,10 +74,16 @@ def parse_args():
     return ns
 
 
-def build(model_jsons, features, pipeline):
-    """run-model.wasm for each model, with the plugin, into build/bench/NAME/."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(Path(sys.executable).with_name("scons")), "-Q", "-C", str(OUT),
+def out_dir(features, first):
+    """Where the modules with these features are built: build/bench/ for the
+    first set, build/bench/FEATURES/ for the others."""
+    return OUT if first else OUT / tuning_slug(features)
+
+
+def build(model_jsons, features, pipeline, out):
+    """run-model.wasm for each model, with the plugin, into OUT/build/NAME/."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).with_name("scons")), "-Q", "-C", str(out),
                     "-f", str(REPO / "tests" / "project" / "SConstruct"),
                     "--site-dir", str(REPO / "site_scons"),
                     f"CARGO_TARGET_DIR={REPO / 'build' / 'cargo'}", f"TVM_TARGET_FEATURES={features}",
@@ -81,13 +92,14 @@ def build(model_jsons, features, pipeline):
 
 
 class Model:
-    def __init__(self, name, model_json, features, pipeline):
+    def __init__(self, name, model_json, features, pipeline, out):
         meta = json.loads(Path(model_json).read_text())
         self.name = name
         self.onnx = Path(model_json).parent / meta["onnx"]
         (self.input, spec), = meta["inputs"].items()
         self.shape = spec["shape"]
-        self.dir = OUT / "build" / name
+        self.dir = out / "build" / name
+        self.features = features
         self.wasm = self.dir / "run-model.wasm"
         self.plan = json.loads((self.dir / f"{name}.plan.json").read_text())
         self.pipeline = pipeline
@@ -195,13 +207,16 @@ class Ours:
 
 # --- the report -------------------------------------------------------------
 
-def measure(model, runs):
-    """{engine: (times, output) or the reason it could not run}."""
+def measure(models, runs):
+    """{engine: (times, output) or the reason it could not run}, with a row
+    of ours for each of `models` (the same model, built with each set of
+    features), and their Ours."""
+    model = models[0]
     x = np.random.default_rng(0).standard_normal(model.shape, dtype=np.float32)
     results = {}
     with tempfile.TemporaryDirectory() as io:
         x.tofile(Path(io) / "input_0.bin")
-        ours = Ours(model, runs, io)
+        ours = [Ours(m, runs, io) for m in models]
         results["onnxruntime native"] = onnxruntime_native(model, x, runs)
         for name, engine in (("onnxruntime-web wasm (Node)", onnxruntime_web),
                              ("TensorFlow.js wasm (Node)", tfjs_wasm)):
@@ -210,8 +225,13 @@ def measure(model, runs):
             except Exception as e:  # noqa: BLE001 -- a peer that cannot run is reported, not fatal
                 results[name] = f"cannot run it: {e}"
         results["TVM native (same pipeline)"] = tvm_native(model, x, runs)
-    results["ours: wasmtime"] = (ours.times, ours.output)
+    for m, run in zip(models, ours):
+        results[ours_row(m, models)] = (run.times, run.output)
     return results, ours
+
+
+def ours_row(model, models):
+    return "ours: wasmtime" if len(models) == 1 else f"ours: wasmtime, {model.features}"
 
 
 def check_outputs(model, results):
@@ -226,39 +246,48 @@ def check_outputs(model, results):
             sys.exit(f"error: {model.name}: {name} disagrees with onnxruntime (max |diff| {diff:.3g})")
 
 
-def table(results):
-    ours = statistics.median(results["ours: wasmtime"][0])
-    print("| engine (1 thread) | first ms | median ms | min ms | ours / engine |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+def table(results, models):
+    """The side-by-side table: a ratio column for each row of ours."""
+    ours = {m.features: statistics.median(results[ours_row(m, models)][0]) for m in models}
+    heads = ["ours / engine"] if len(models) == 1 else [f"ours {f} / engine" for f in ours]
+    print("| engine (1 thread) | first ms | median ms | min ms | " + " | ".join(heads) + " |")
+    print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in heads) + " |")
     for name, result in results.items():
         if isinstance(result, str):
-            print(f"| {name} | {result} | | | |")
+            print(f"| {name} | {result} | | | " + " | ".join("" for _ in heads) + " |")
             continue
         times = result[0]
         median = statistics.median(times)
-        print(f"| {name} | {times[0]:.1f} | {median:.1f} | {min(times):.1f} | {ours / median:.2f}x |")
+        ratios = " | ".join(f"{t / median:.2f}x" for t in ours.values())
+        print(f"| {name} | {times[0]:.1f} | {median:.1f} | {min(times):.1f} | {ratios} |")
 
 
 def main():
     ns = parse_args()
     jsons = {name: MODELS[name]() for name in ns.models}
-    build(jsons.values(), ns.features, ns.pipeline)
+    outs = [out_dir(features, i == 0) for i, features in enumerate(ns.features)]
+    for features, out in zip(ns.features, outs):
+        build(jsons.values(), features, ns.pipeline, out)
     for name, model_json in jsons.items():
-        model = Model(name, model_json, ns.features, ns.pipeline)
-        tuned = (f"kernels tuned by {Path(model.tuning_db).relative_to(REPO)}" if model.tuning_db
-                 else "untuned kernels")
+        models = [Model(name, model_json, features, ns.pipeline, out)
+                  for features, out in zip(ns.features, outs)]
+        model = models[0]
+        tuned = "; ".join(f"{m.features}: " + (f"kernels tuned by {Path(m.tuning_db).relative_to(REPO)}"
+                                               if m.tuning_db else "untuned kernels") for m in models)
         print(f"\n## {name} ({ns.runs} runs per engine, input {model.shape}, "
-              f"{ns.pipeline} {ns.features}, {tuned})\n", flush=True)
-        results, ours = measure(model, ns.runs)
+              f"{ns.pipeline}, {tuned})\n", flush=True)
+        results, ours = measure(models, ns.runs)
         check_outputs(model, results)
         print()
-        table(results)
+        table(results, models)
         planned = model.plan["weights_size"] + model.plan["arena_size"]
-        print(f"\nmodule {model.wasm.stat().st_size / 1e6:.1f} MB: load {ours.compile_ms:.0f} ms "
-              f"compiling, {ours.cached_ms:.0f} ms from a precompiled cache; linear memory "
-              f"{ours.memory / 2**20:.1f} MiB after the runs, for {model.plan['weights_size'] / 2**20:.1f} MiB "
-              f"of weights + {model.plan['arena_size'] / 2**20:.1f} MiB of planned activations "
-              f"({ours.memory / planned:.2f}x)")
+        first = ours[0]
+        print(f"\nmodule ({model.features}) {model.wasm.stat().st_size / 1e6:.1f} MB: load "
+              f"{first.compile_ms:.0f} ms compiling, {first.cached_ms:.0f} ms from a precompiled cache; "
+              f"linear memory {first.memory / 2**20:.1f} MiB after the runs, for "
+              f"{model.plan['weights_size'] / 2**20:.1f} MiB of weights + "
+              f"{model.plan['arena_size'] / 2**20:.1f} MiB of planned activations "
+              f"({first.memory / planned:.2f}x)")
     return 0
 
 

@@ -174,7 +174,8 @@ def _nhwc(mod, stages=None):
     for any image size (XNNPACK's layout). Elementwise work follows the new
     layout; the input and the final flatten pay one transpose each. 3x3
     convolutions with stride 1 and enough channels and tiles are computed
-    by Winograd's F(4x4, 3x3) on weights packed at build time (winograd.py).
+    by Winograd's F(4x4, 3x3), or F(2x2, 3x3) on small images, on weights
+    packed at build time (winograd.py).
 
     A graph without convolutions is left as it is. Where TVM's ConvertLayout
     fails (seen on a max over a stacked axis), the graph keeps its layout:
@@ -361,15 +362,21 @@ def find_tuning_db(model_dir, pipeline, features):
     its own, else, for relaxed SIMD, the plain SIMD128 one (the same
     kernels, and schedules valid on both: only the multiply-adds compile
     differently)."""
-    features = _feature_list(features)
-    candidates = [features]
-    if RELAXED_SIMD in features:
-        candidates.append([f for f in features if f != RELAXED_SIMD])
-    for candidate in candidates:
-        db = os.path.join(model_dir, "tuning", tuning_subdir(pipeline, ",".join(candidate)))
+    fallback = fallback_features(features)
+    for candidate in [features] + ([fallback] if fallback else []):
+        db = os.path.join(model_dir, "tuning", tuning_subdir(pipeline, candidate))
         if os.path.isfile(os.path.join(db, RECORDS_FILE)):
             return db
     return None
+
+
+def fallback_features(features):
+    """The features whose database a build with `features` applies when it
+    has none of its own ("+simd128" for "+simd128,+relaxed-simd"), or None."""
+    features = _feature_list(features)
+    if RELAXED_SIMD not in features:
+        return None
+    return ",".join(f for f in features if f != RELAXED_SIMD)
 
 
 def lower(mod, target, pipeline, tuning_db=None, stages=None):

@@ -107,6 +107,9 @@ def tune(args):
     tasks = ms.relax_integration.extract_tasks(kernels(args), target)
     os.makedirs(args.database, exist_ok=True)
     database = open_database(args.database)
+    seed_dir = _seed_database(args)
+    if seed_dir:
+        seed(tasks, database, seed_dir, target, builder, runner)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
         strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
@@ -125,6 +128,78 @@ def tune(args):
         database = open_database(args.database)  # drops what this run added and cannot be replayed
     if args.prune:
         prune(args.database, database, tasks)
+
+
+# How many of each kernel's best schedules a new database starts from.
+SEED_RECORDS = 4
+
+
+def _seed_database(args):
+    """The database a new one for these features starts from: the one their
+    builds apply until they have their own (for relaxed SIMD, plain
+    SIMD128's, beside it), if that exists; else None."""
+    fallback = cm.fallback_features(args.target_features)
+    if not fallback:
+        return None
+    seed_dir = os.path.join(os.path.dirname(os.path.abspath(args.database)), cm.tuning_slug(fallback))
+    return seed_dir if os.path.isfile(os.path.join(seed_dir, cm.RECORDS_FILE)) else None
+
+
+def seed(tasks, database, seed_dir, target, builder, runner):
+    """Measures each kernel's best schedules in `seed_dir` again, for
+    `target`, into `database`, for the kernels that have no records there
+    yet. The search then starts from them instead of from nothing: a
+    relaxed-SIMD database, for one, would otherwise spend its first trials
+    finding again what SIMD128's already knows, while its own measurements
+    rank them by what fused multiply-adds make of them."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    source = ms.database.JSONDatabase(work_dir=seed_dir)
+    candidates = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        if _records(database, task) == 0 and source.has_workload(mod):
+            workload = database.commit_workload(mod)
+            candidates += [(workload, record) for record in
+                           source.get_top_k(source.commit_workload(mod), SEED_RECORDS)]
+    print(f"  measuring {len(candidates)} schedules of {seed_dir} again, for these features",
+          flush=True)
+    schedules = []
+    for workload, record in list(candidates):
+        sch = Schedule(workload.mod)
+        try:
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            schedules.append(sch.mod)
+        except Exception:  # noqa: BLE001 -- the unreplayable records of open_database
+            candidates.remove((workload, record))
+    run_secs = _measure(schedules, [record.args_info for _, record in candidates], target, builder, runner)
+    for (workload, record), secs in zip(candidates, run_secs):
+        if secs:
+            database.commit_tuning_record(
+                ms.database.TuningRecord(record.trace, workload, secs, target, record.args_info))
+
+
+def _measure(mods, args_infos, target, builder, runner):
+    """Seconds per call of each scheduled kernel (None where it fails): all
+    built in one batch, as the search builds its candidates, then run."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
+    results = []
+    for b, args_info in zip(built, args_infos):
+        if b.error_msg:
+            results.append(None)
+            continue
+        try:
+            ran = runner.run([ms.runner.RunnerInput(b.artifact_path, target.kind.name, args_info)])
+            result = ran[0].result()
+        finally:
+            shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        results.append(None if result.error_msg else [float(s) for s in result.run_secs])
+    return results
 
 
 def import_tensor_intrinsics():

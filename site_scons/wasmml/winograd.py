@@ -4,7 +4,8 @@ A 3x3 convolution with stride 1 is computed per tile of m x m outputs from
 an (m+2) x (m+2) patch of input: the patch and the filter both move into
 the transform domain, where the convolution is an elementwise product, and
 over the input channels a batch of (m+2)^2 matrix products. F(4x4, 3x3)
-needs 36 multiplies for 16 outputs instead of 144. The filter's transform
+needs 36 multiplies for 16 outputs instead of 144; small images, too few
+tiles of 4x4, use F(2x2, 3x3). The filter's transform
 depends only on the weights, so the build does it once (pack_weights) and
 the kernel reads the packed weights; the kernel's four stages (gather and
 transform the input, the matrix products, transform back) are blocks of
@@ -12,19 +13,23 @@ one TIR function that MetaSchedule tunes with its own rules for them
 (the block names and "schedule_rule" attributes below select those rules).
 
 Used by compile_model.py's nhwc pipeline, on convolutions in NHWC layout
-with HWIO weights (use_winograd says which).
+with HWIO weights (winograd_tile says which, and with which tile).
 """
 
-TILE = 4  # outputs per tile side: F(4x4, 3x3)
+# Outputs per tile side, the larger first: F(4x4, 3x3) needs 36 multiplies
+# for 16 outputs (144 direct), F(2x2, 3x3) 16 for 4 (36 direct), and its
+# packed weights are 16/9 of the filters' size where F(4x4)'s are 4x.
+TILES = (4, 2)
+TILE = TILES[0]
 # Below this many input or output channels the transforms cost more than
 # the multiplies saved (and such layers are rare in the networks that have
 # many 3x3 convolutions).
 MIN_CHANNELS = 16
 # The matrix products have one row per tile: with fewer, they are too short
 # for the kernel to keep its vector registers busy. ResNet50's 7x7 layers
-# (4 tiles) took 11.9 ms by Winograd against 10.2 ms direct, where its 14x14
-# ones (16 tiles) took 6.2 against 8.8 ms; and the packed weights, 4x the
-# size of the filters, would have added 57 MB to its module.
+# (4 tiles of 4x4) took 11.9 ms by F(4x4) against 10.2 ms direct, where its
+# 14x14 ones (16 tiles) took 6.2 against 8.8 ms. With F(2x2) the 7x7 layers
+# have 16 tiles too.
 MIN_TILES = 16
 NO_GENERIC_RULES = {"schedule_rule": "None"}
 
@@ -49,14 +54,16 @@ def pack_weights(hwio, tile=TILE):
     return packed.astype(hwio.dtype)
 
 
-def conv2d_nhwc(data, packed, padding, tile=TILE):
+def conv2d_nhwc(data, packed, padding):
     """The TE compute of a stride-1 3x3 convolution, NHWC data and weights
-    packed by pack_weights; padding is (top, left, bottom, right)."""
+    packed by pack_weights (whose shape says the tile size); padding is
+    (top, left, bottom, right)."""
     from tvm import te, topi
     from tvm.topi.utils import const_matrix
 
     n, h, w, _ = (int(d) for d in data.shape)
     alpha, _, in_channels, out_channels = (int(d) for d in packed.shape)
+    tile = alpha - 2
     top, left, bottom, right = padding
     out_h, out_w, tiles_h, tiles_w = _tile_grid(h, w, padding, tile)
     tiles = n * tiles_h * tiles_w
@@ -114,18 +121,25 @@ def _tile_grid(h, w, padding, tile=TILE):
     return out_h, out_w, -(-out_h // tile), -(-out_w // tile)
 
 
-def use_winograd(call, data_shape, weight):
-    """Whether a relax conv2d call, with the shape of its data and its
-    weight as a numpy array (None when not a constant), is one this module
-    computes."""
-    attrs = call.attrs
-    if data_shape is None or len(data_shape) != 4:
-        return False
+def winograd_tile(call, data_shape, weight):
+    """The tile size this module computes a relax conv2d call with, given
+    the shape of its data and its weight as a numpy array (None when not a
+    constant): the largest of TILES that makes MIN_TILES tiles, or None
+    for a convolution it does not compute."""
+    if not _eligible(call, data_shape, weight):
+        return None
     n, h, w, _ = data_shape
-    _, _, tiles_h, tiles_w = _tile_grid(h, w, [int(p) for p in attrs.padding])
-    tiles = n * tiles_h * tiles_w
-    return (weight is not None and weight.ndim == 4 and weight.shape[:2] == (3, 3)
-            and tiles >= MIN_TILES
+    for tile in TILES:
+        _, _, tiles_h, tiles_w = _tile_grid(h, w, [int(p) for p in call.attrs.padding], tile)
+        if n * tiles_h * tiles_w >= MIN_TILES:
+            return tile
+    return None
+
+
+def _eligible(call, data_shape, weight):
+    attrs = call.attrs
+    return (data_shape is not None and len(data_shape) == 4
+            and weight is not None and weight.ndim == 4 and weight.shape[:2] == (3, 3)
             and attrs.data_layout == "NHWC" and attrs.kernel_layout == "HWIO"
             and attrs.out_layout == "NHWC" and int(attrs.groups) == 1
             and [int(s) for s in attrs.strides] == [1, 1]
@@ -150,10 +164,11 @@ def rewrite(mod):
             if call.op != conv2d:
                 return call
             weight = self._constant(call.args[1])
-            if not use_winograd(call, _static_shape(call.args[0]), weight):
+            tile = winograd_tile(call, _static_shape(call.args[0]), weight)
+            if tile is None:
                 return call
             top, left, bottom, right = (int(p) for p in call.attrs.padding)
-            packed = relax.const(pack_weights(weight))
+            packed = relax.const(pack_weights(weight, tile))
             return self.builder_.call_te(conv2d_nhwc, call.args[0], packed,
                                          (top, left, bottom, right),
                                          primfunc_name_hint="conv2d_winograd")
