@@ -21,6 +21,11 @@ interrupted run picks up where it stopped.
     python tune_model.py --name NAME --onnx M.onnx --meta model.json --database DIR
         [--trials-per-task 64] [--focus N] [--input-shape NAME=D0,...]
 
+A database for relaxed SIMD starts from the plain SIMD128 one beside it,
+which its builds apply until then: each kernel's best schedules there are
+measured again with the new features and stored as its first records, and
+the search goes on from them (seed).
+
 --focus N spends the trials where the time goes: a second run with more
 trials per task and --focus 8 tunes only the 8 kernels that the records so
 far say cost the model most.
@@ -152,32 +157,39 @@ def seed(tasks, database, seed_dir, target, builder, runner):
     relaxed-SIMD database, for one, would otherwise spend its first trials
     finding again what SIMD128's already knows, while its own measurements
     rank them by what fused multiply-adds make of them."""
-    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
 
     source = ms.database.JSONDatabase(work_dir=seed_dir)
-    candidates = []
+    candidates = []  # (workload in `database`, record of `source`, the module it schedules)
     for task in tasks:
         mod = task.dispatched[0]
         if _records(database, task) == 0 and source.has_workload(mod):
             workload = database.commit_workload(mod)
-            candidates += [(workload, record) for record in
-                           source.get_top_k(source.commit_workload(mod), SEED_RECORDS)]
+            for record in source.get_top_k(source.commit_workload(mod), SEED_RECORDS):
+                scheduled = _replay(record, workload)
+                if scheduled is not None:
+                    candidates.append((workload, record, scheduled))
     print(f"  measuring {len(candidates)} schedules of {seed_dir} again, for these features",
           flush=True)
-    schedules = []
-    for workload, record in list(candidates):
-        sch = Schedule(workload.mod)
-        try:
-            record.trace.apply_to_schedule(sch, remove_postproc=False)
-            schedules.append(sch.mod)
-        except Exception:  # noqa: BLE001 -- the unreplayable records of open_database
-            candidates.remove((workload, record))
-    run_secs = _measure(schedules, [record.args_info for _, record in candidates], target, builder, runner)
-    for (workload, record), secs in zip(candidates, run_secs):
+    run_secs = _measure([c[2] for c in candidates], [c[1].args_info for c in candidates],
+                        target, builder, runner)
+    for (workload, record, _), secs in zip(candidates, run_secs):
         if secs:
             database.commit_tuning_record(
                 ms.database.TuningRecord(record.trace, workload, secs, target, record.args_info))
+
+
+def _replay(record, workload):
+    """The workload's module scheduled by the record's trace, or None for a
+    record that does not replay (as open_database drops)."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(workload.mod)
+    try:
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+    except Exception:  # noqa: BLE001 -- TVM raises its own kinds
+        return None
+    return sch.mod
 
 
 def _measure(mods, args_infos, target, builder, runner):
@@ -187,6 +199,8 @@ def _measure(mods, args_infos, target, builder, runner):
 
     from tvm.s_tir import meta_schedule as ms
 
+    if not mods:
+        return []
     built = builder.build([ms.builder.BuilderInput(mod, target) for mod in mods])
     results = []
     for b, args_info in zip(built, args_infos):
