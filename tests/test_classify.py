@@ -234,7 +234,7 @@ def test_the_module_sees_only_the_directory_it_was_given(built):
 
 
 def test_relaxed_simd_build_applies_its_own_database_and_matches_onnxruntime(
-        scons, run_wasm, reference, tmp_path):
+        scons, reference, tmp_path):
     """The bundled model built with relaxed SIMD, whose kernels the committed
     database tuned for fused multiply-adds, computes what onnxruntime does."""
     built = scons(f"MODELS={MODEL_DIR / 'model.json'}", "TVM_TARGET_FEATURES=+simd128,+relaxed-simd",
@@ -246,9 +246,6 @@ def test_relaxed_simd_build_applies_its_own_database_and_matches_onnxruntime(
     assert applied == str(MODEL_DIR / "tuning" / "nhwc" / "simd128+relaxed-simd")
     assert "(wasm32 +simd128,+relaxed-simd, nhwc, tuned)" in built.stdout, built.stdout
     tensor = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
-    io = tmp_path / "io"
-    io.mkdir()
-    tensor.tofile(io / "input_0.bin")
-    run_wasm(tmp_path / "build" / "efficientnet_lite0" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, -1)
+    got = wasm_logits({"run-model": tmp_path / "build" / "efficientnet_lite0" / "run-model.wasm"},
+                      tensor, REPO / "build" / "test-io" / "relaxed")
     np.testing.assert_allclose(got, reference.run(None, {"input": tensor})[0], atol=1e-3, rtol=0)

@@ -141,13 +141,11 @@ SEED_RECORDS = 4
 
 def _seed_database(args):
     """The database a new one for these features starts from: the one their
-    builds apply until they have their own (for relaxed SIMD, plain
-    SIMD128's, beside it), if that exists; else None."""
+    builds apply until they have their own (for relaxed SIMD, the model's
+    plain SIMD128 one), if that exists; else None."""
     fallback = cm.fallback_features(args.target_features)
-    if not fallback:
-        return None
-    seed_dir = os.path.join(os.path.dirname(os.path.abspath(args.database)), cm.tuning_slug(fallback))
-    return seed_dir if os.path.isfile(os.path.join(seed_dir, cm.RECORDS_FILE)) else None
+    model_dir = os.path.dirname(os.path.abspath(args.meta))
+    return cm.find_tuning_db(model_dir, args.pipeline, fallback) if fallback else None
 
 
 def seed(tasks, database, seed_dir, target, builder, runner):

@@ -20,7 +20,6 @@ with HWIO weights (winograd_tile says which, and with which tile).
 # for 16 outputs (144 direct), F(2x2, 3x3) 16 for 4 (36 direct), and its
 # packed weights are 16/9 of the filters' size where F(4x4)'s are 4x.
 TILES = (4, 2)
-TILE = TILES[0]
 # Below this many input or output channels the transforms cost more than
 # the multiplies saved (and such layers are rare in the networks that have
 # many 3x3 convolutions).
@@ -34,7 +33,7 @@ MIN_TILES = 16
 NO_GENERIC_RULES = {"schedule_rule": "None"}
 
 
-def transform_matrices(tile=TILE):
+def transform_matrices(tile):
     """(A, B, G) of F(tile x tile, 3x3) as float64 numpy arrays, from TVM's
     Cook-Toom construction with its low-error interpolation points:
     Y = A^T [(G g G^T) * (B^T d B)] A."""
@@ -44,7 +43,7 @@ def transform_matrices(tile=TILE):
     return winograd_util._cook_toom_convolution(points, tile, 3)
 
 
-def pack_weights(hwio, tile=TILE):
+def pack_weights(hwio, tile):
     """3x3 HWIO weights -> [alpha, alpha, I, O], alpha = tile + 2: each
     filter in the transform domain, G g G^T, computed in float64."""
     import numpy as np
@@ -113,7 +112,7 @@ def conv2d_nhwc(data, packed, padding):
         name="conv2d_winograd")
 
 
-def _tile_grid(h, w, padding, tile=TILE):
+def _tile_grid(h, w, padding, tile):
     """(out_h, out_w, tiles down, tiles across) of a 3x3 stride-1
     convolution of an h x w image padded (top, left, bottom, right)."""
     top, left, bottom, right = padding
