@@ -83,3 +83,53 @@ def test_generated_resnet50_has_resnet50s_shape():
                  if not t.name.split(".")[-1] in ("scale", "bias", "mean", "var"))
     assert len(convs) == 53                      # the stem, 16 blocks of 3, 4 projections
     assert 25.0e6 < params < 25.6e6              # ResNet50: 25.5 M parameters
+
+
+def test_model_flops_counts_each_multiply_add_twice(tmp_path):
+    """The GFLOP/s the benchmark prints rest on this count: a grouped
+    strided convolution, a Gemm reading its first input transposed and a
+    batched MatMul, each checked by hand, and ResNet50's well-known 4.1 G
+    multiply-adds."""
+    import ceiling
+    import make_onnx
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {"w": (8, 2, 3, 3), "g": (32, 10)}
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
+         helper.make_node("Flatten", ["c"], ["f"]),
+         helper.make_node("Gemm", ["f", "g"], ["y"], transA=1),
+         helper.make_node("MatMul", ["y", "y2"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, 8, 8]),
+         helper.make_tensor_value_info("y2", TensorProto.FLOAT, [10, 5])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal(s, dtype=np.float32), n) for n, s in weights.items()])
+    onnx.save(helper.make_model(graph), tmp_path / "g.onnx")
+    # batch 32: conv [32, 8, 4, 4] outputs x (2 channels x 3 x 3) each; the
+    # Gemm's A is f transposed, [128, 32] x [32, 10]; then [128, 10] x [10, 5]
+    conv, gemm, matmul = 32 * 8 * 4 * 4 * 2 * 9, 128 * 10 * 32, 128 * 5 * 10
+    assert ceiling.model_flops(tmp_path / "g.onnx", {"x": [32, 4, 8, 8]}) == 2 * (conv + gemm + matmul)
+
+    onnx.save(make_onnx.resnet50(), tmp_path / "resnet50.onnx")
+    assert round(ceiling.model_flops(tmp_path / "resnet50.onnx", {"input": [1, 3, 224, 224]}) / 2e9, 2) == 4.09
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["simd128", "relaxed_simd"])
+def test_the_wasm_peak_loop_computes_what_it_counts(fused):
+    """Each of the ceiling's iterations is one multiply-add on every
+    accumulator: with a = a * 0.999 + 0.001 from a_i = i, the sum after n
+    iterations is known, so a loop that skipped work would be caught."""
+    import ceiling
+    import wasmtime
+
+    config = wasmtime.Config()
+    config.wasm_relaxed_simd = True
+    store = wasmtime.Store(wasmtime.Engine(config))
+    run = wasmtime.Instance(store, wasmtime.Module(store.engine, ceiling._peak_wat(fused)), []).exports(store)["run"]
+    a = np.arange(ceiling.ACCUMULATORS, dtype=np.float32)
+    for _ in range(100):
+        a = a * np.float32(0.999) + np.float32(0.001)
+    assert run(store, 100) == pytest.approx(float(a.sum()), rel=1e-5)
+    assert ceiling.wasm_peak_gflops(fused, repeats=1) > 0

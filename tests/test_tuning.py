@@ -69,6 +69,14 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     again = scons("tune", *args, cwd=top)  # resumable: what is tuned stays tuned
     assert "tuning 0 with" in again.stdout, again.stdout
     assert (db / "database_tuning_record.json").read_text().splitlines() == records
+    # every run ends with where an inference's time goes: each kernel,
+    # costliest first, with its calls, time per call and rate (the
+    # transposes into and out of NHWC compute nothing)
+    report = [line.split() for line in again.stdout.splitlines() if "GFLOP/s" in line]
+    assert sorted(row[-1].startswith("fused_conv2d") for row in report) == [False, False, True], again.stdout
+    assert all(float(row[0]) > 0 and row[3] == "1" for row in report), report
+    assert [float(row[0]) for row in report] == sorted((float(row[0]) for row in report), reverse=True)
+    assert [float(row[-3]) > 0 for row in report] == [row[-1].startswith("fused_conv2d") for row in report]
 
     # a kernel the model no longer has (the compiler changed): TUNE_PRUNE
     # drops its workload and records, and renumbers the others'

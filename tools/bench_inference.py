@@ -20,6 +20,12 @@ printed. Then for each engine: the first run, the median and minimum of
 features). Last, our (first) module's load time
 (wasmtime compiling it, and deserializing it from a precompiled cache) and
 its peak linear memory next to the weights and the planned activations.
+Each engine's rate in GFLOP/s (the model's convolutions and matrix products,
+2 per multiply-add) stands beside its times, and before the models, one
+thread's fastest rates on this machine (ceiling.py): wasm's f32x4
+multiply-add in wasmtime, plain and fused, and native onnxruntime's matrix
+product; after each model's table, the time it would take at wasm's peak,
+as a ratio to native onnxruntime: the nearest any wasm module can come.
 
 The modules are built first with the plugin (tests/project/SConstruct into
 build/bench/); the npm engines are installed by tools/setup.sh.
@@ -43,6 +49,7 @@ OUT = REPO / "build" / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "models" / "resnet50"))
 sys.path.insert(0, str(REPO / "site_scons"))
+import ceiling  # noqa: E402
 from wasmml.compile_model import DEFAULT_PIPELINE, find_tuning_db, tuning_slug  # noqa: E402
 
 MODELS = {
@@ -246,20 +253,47 @@ def check_outputs(model, results):
             sys.exit(f"error: {model.name}: {name} disagrees with onnxruntime (max |diff| {diff:.3g})")
 
 
-def table(results, models):
-    """The side-by-side table: a ratio column for each row of ours."""
+def table(results, models, flops):
+    """The side-by-side table: a ratio column for each row of ours, and each
+    engine's rate in the model's (convolution and matrix) GFLOP/s."""
     ours = {m.features: statistics.median(results[ours_row(m, models)][0]) for m in models}
     heads = ["ours / engine"] if len(models) == 1 else [f"ours {f} / engine" for f in ours]
-    print("| engine (1 thread) | first ms | median ms | min ms | " + " | ".join(heads) + " |")
-    print("| --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in heads) + " |")
+    print("| engine (1 thread) | first ms | median ms | min ms | GFLOP/s | " + " | ".join(heads) + " |")
+    print("| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in heads) + " |")
     for name, result in results.items():
         if isinstance(result, str):
-            print(f"| {name} | {result} | | | " + " | ".join("" for _ in heads) + " |")
+            print(f"| {name} | {result} | | | | " + " | ".join("" for _ in heads) + " |")
             continue
         times = result[0]
         median = statistics.median(times)
         ratios = " | ".join(f"{t / median:.2f}x" for t in ours.values())
-        print(f"| {name} | {times[0]:.1f} | {median:.1f} | {min(times):.1f} | {ratios} |")
+        print(f"| {name} | {times[0]:.1f} | {median:.1f} | {min(times):.1f} | {flops / median / 1e6:.1f} "
+              f"| {ratios} |")
+
+
+def measure_ceilings():
+    """{name: GFLOP/s} of one thread at its fastest: wasm's f32x4 multiply-add
+    in wasmtime, plain and fused, and native onnxruntime's matrix product."""
+    peaks = {"wasm SIMD128 f32x4 mul+add": ceiling.wasm_peak_gflops(fused=False),
+             "wasm relaxed SIMD f32x4.relaxed_madd": ceiling.wasm_peak_gflops(fused=True),
+             "native onnxruntime 1024^3 MatMul": ceiling.native_gemm_gflops()}
+    print("\n## one thread at its fastest on this machine (GFLOP/s)\n")
+    for name, rate in peaks.items():
+        print(f"  {name:<40} {rate:6.1f}")
+    return peaks
+
+
+def print_bound(results, flops, peaks):
+    """How near native onnxruntime a wasm module could come at wasm's peak
+    rate, and how much of that rate ours reaches."""
+    native = statistics.median(results["onnxruntime native"][0])
+    for name, rate in peaks.items():
+        if not name.startswith("wasm"):
+            continue
+        at_peak = flops / rate / 1e6
+        print(f"at the peak of {name.split(' f32x4')[0]} ({rate:.1f} GFLOP/s) its {flops / 1e9:.2f} GFLOP take "
+              f"{at_peak:.1f} ms: {at_peak / native:.2f}x native onnxruntime at best, "
+              "short of fewer operations (Winograd)")
 
 
 def main():
@@ -268,6 +302,7 @@ def main():
     outs = [out_dir(features, i == 0) for i, features in enumerate(ns.features)]
     for features, out in zip(ns.features, outs):
         build(jsons.values(), features, ns.pipeline, out)
+    peaks = measure_ceilings()
     for name, model_json in jsons.items():
         models = [Model(name, model_json, features, ns.pipeline, out)
                   for features, out in zip(ns.features, outs)]
@@ -279,7 +314,10 @@ def main():
         results, ours = measure(models, ns.runs)
         check_outputs(model, results)
         print()
-        table(results, models)
+        flops = ceiling.model_flops(model.onnx, {model.input: model.shape})
+        table(results, models, flops)
+        print()
+        print_bound(results, flops, peaks)
         planned = model.plan["weights_size"] + model.plan["arena_size"]
         first = ours[0]
         print(f"\nmodule ({model.features}) {model.wasm.stat().st_size / 1e6:.1f} MB: load "

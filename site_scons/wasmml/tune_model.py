@@ -26,6 +26,9 @@ which its builds apply until then: each kernel's best schedules there are
 measured again with the new features and stored as its first records, and
 the search goes on from them (seed).
 
+Every run ends with a report of where an inference's time goes by the
+database: the costliest kernels, their calls, times and GFLOP/s.
+
 --focus N spends the trials where the time goes: a second run with more
 trials per task and --focus 8 tunes only the 8 kernels that the records so
 far say cost the model most.
@@ -133,6 +136,7 @@ def tune(args):
         database = open_database(args.database)  # drops what this run added and cannot be replayed
     if args.prune:
         prune(args.database, database, tasks)
+    report(args.name, database, tasks)
 
 
 # How many of each kernel's best schedules a new database starts from.
@@ -338,6 +342,29 @@ def prune(path, database, tasks):
     print(f"  pruned {len(workloads) - len(new_index)} of {len(workloads)} workloads and "
           f"{len(records) - len(kept)} of {len(records)} records of kernels the model no longer has",
           flush=True)
+
+
+# How many of the costliest kernels report() lists.
+REPORTED_KERNELS = 10
+
+
+def report(name, database, tasks):
+    """Where an inference's time goes by the database: the kernels that cost
+    it most, with their calls, time per call and rate (the kernel's floating-
+    point operations, as TVM counts them, per second in wasmtime). Its total
+    is the sum of the best times, which a real run exceeds by a little."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    costs = sorted(((_time_share(database, t), t) for t in tasks), key=lambda c: c[0], reverse=True)
+    measured = [(share, t) for share, t in costs if share > 0]
+    total = sum(share for share, _ in measured)
+    print(f"  {name}: {total * 1e3:.1f} ms an inference by the database ({len(measured)} of "
+          f"{len(tasks)} kernels measured); the costliest:", flush=True)
+    for share, task in measured[:REPORTED_KERNELS]:
+        per_call = share / task.weight
+        rate = estimate_tir_flops(task.dispatched[0]) / per_call / 1e9
+        print(f"    {share * 1e3:7.2f} ms {share / total:4.0%}  {task.weight:3d} x {per_call * 1e3:7.3f} ms "
+              f"{rate:6.1f} GFLOP/s  {task.task_name}", flush=True)
 
 
 def _time_share(database, task):
