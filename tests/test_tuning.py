@@ -143,15 +143,17 @@ def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, 
 
     out = top / "build" / "tiny_conv"
     plan = json.loads((out / "tiny_conv.plan.json").read_text())
+    # the layout rewrite ran at build time: an inference runs one kernel, the
+    # convolution on the packed filter, and no step of its own repacks it
     assert [k.endswith("_prepacked") for k in plan["kernels"]] == [True], plan["kernels"]
-    # the OIHW filter was rewritten at build time: the plan holds its values
-    # in another order (the new layout may keep the shape: kh and kw swapped)
+    assert len(plan["steps"]) == 1, plan["steps"]
+    # the filter is stored once, its values in the layout the schedule
+    # chose (which 4 random trials may leave as OIHW: seen in CI)
     blob = (out / "tiny_conv.weights").read_bytes()
     filters = [np.frombuffer(blob, np.float32, count=int(np.prod(t["shape"])), offset=t["offset"])
                for t in plan["tensors"] if t["region"] == "weights" and np.prod(t["shape"]) == 16 * 8 * 9]
     oihw = numpy_helper.to_array(model.graph.initializer[0]).ravel()
-    assert len(filters) == 1, plan["tensors"]
-    assert not np.array_equal(filters[0], oihw) and np.array_equal(np.sort(filters[0]), np.sort(oihw))
+    assert len(filters) == 1 and np.array_equal(np.sort(filters[0]), np.sort(oihw)), plan["tensors"]
 
     assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
                                tmp_path / "io")
