@@ -122,12 +122,8 @@ def test_the_wasm_peak_loop_computes_what_it_counts(fused):
     accumulator: with a = a * 0.999 + 0.001 from a_i = i, the sum after n
     iterations is known, so a loop that skipped work would be caught."""
     import ceiling
-    import wasmtime
 
-    config = wasmtime.Config()
-    config.wasm_relaxed_simd = True
-    store = wasmtime.Store(wasmtime.Engine(config))
-    run = wasmtime.Instance(store, wasmtime.Module(store.engine, ceiling._peak_wat(fused)), []).exports(store)["run"]
+    store, run = ceiling.peak_loop(fused)
     a = np.arange(ceiling.ACCUMULATORS, dtype=np.float32)
     for _ in range(100):
         a = a * np.float32(0.999) + np.float32(0.001)

@@ -104,6 +104,7 @@ class Model:
     def __init__(self, name, model_json, features, pipeline, out):
         meta = json.loads(Path(model_json).read_text())
         self.name = name
+        self.json = Path(model_json)
         self.onnx = Path(model_json).parent / meta["onnx"]
         (self.input, spec), = meta["inputs"].items()
         self.shape = spec["shape"]
@@ -290,16 +291,15 @@ def computed_flops(model):
     them: TVM's count of each kernel's, times its calls. Fewer than the
     model's where Winograd computes a 3x3 convolution; None for the
     default pipeline (TVM's own, which the build does not rewrite)."""
-    import onnx
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
     from wasmml import compile_model as cm
+    from wasmml import tune_model
 
     if cm.PIPELINES[model.pipeline] is None:
         return None
-    mod = cm.to_relax(onnx.load(str(model.onnx)), {model.input: model.shape}, model.pipeline)
-    with cm.wasm_target(model.features) as target:
-        tasks = ms.relax_integration.extract_tasks(cm.PIPELINES[model.pipeline](mod), target)
+    mod = tune_model.kernels(str(model.onnx), str(model.json), model.pipeline, model.features)
+    tasks = ms.relax_integration.extract_tasks(mod, cm.wasm_target(model.features))
     return sum(estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks)
 
 
@@ -308,9 +308,13 @@ def print_bound(results, flops, computed, peaks):
     computes could come at wasm's peak rate, and how much of that rate
     ours reaches."""
     native = statistics.median(results["onnxruntime native"][0])
-    ops = computed or flops
-    print(f"our kernels compute {ops / 1e9:.2f} GFLOP an inference (TVM's count; "
-          f"the model's convolutions and matrix products: {flops / 1e9:.2f})")
+    if computed is None:
+        ops = flops
+        print(f"the model's convolutions and matrix products: {ops / 1e9:.2f} GFLOP an inference")
+    else:
+        ops = computed
+        print(f"our kernels compute {ops / 1e9:.2f} GFLOP an inference (TVM's count; "
+              f"the model's convolutions and matrix products: {flops / 1e9:.2f})")
     for name, rate in peaks.items():
         if not name.startswith("wasm"):
             continue

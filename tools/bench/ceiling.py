@@ -77,15 +77,22 @@ def _peak_wat(fused):
         (f32x4.extract_lane 0 {total})))"""
 
 
-def wasm_peak_gflops(fused, repeats=5):
-    """The fastest of `repeats` runs of the multiply-add loop in wasmtime, in
-    GFLOP/s (a multiply-add on 4 lanes is 8 operations)."""
+def peak_loop(fused):
+    """(store, run): the multiply-add loop instantiated in wasmtime, called
+    as run(store, iterations)."""
     import wasmtime
 
     config = wasmtime.Config()
     config.wasm_relaxed_simd = True
     store = wasmtime.Store(wasmtime.Engine(config))
-    run = wasmtime.Instance(store, wasmtime.Module(store.engine, _peak_wat(fused)), []).exports(store)["run"]
+    module = wasmtime.Module(store.engine, _peak_wat(fused))
+    return store, wasmtime.Instance(store, module, []).exports(store)["run"]
+
+
+def wasm_peak_gflops(fused, repeats=5):
+    """The fastest of `repeats` runs of the multiply-add loop in wasmtime, in
+    GFLOP/s (a multiply-add on 4 lanes is 8 operations)."""
+    store, run = peak_loop(fused)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
