@@ -62,13 +62,13 @@ def scons(scons_command):
 
 @pytest.fixture(scope="session")
 def run_wasm(python, tmp_path_factory):
-    """run_wasm(wasm, io_dir): runs a run-model module on io_dir's inputs;
-    fails the test unless it exits 0."""
+    """run_wasm(wasm, io_dir, *args): runs a run-model module on io_dir's
+    inputs, with run-model's options `args`; fails the test unless it exits 0."""
     cache = tmp_path_factory.mktemp("wasmrun-cache")  # never ~/.cache
 
-    def run(wasm, io_dir):
+    def run(wasm, io_dir, *args):
         proc = subprocess.run(
-            [python, str(REPO / "tools" / "wasmrun.py"), "--dir", str(io_dir), str(wasm), str(io_dir)],
+            [python, str(REPO / "tools" / "wasmrun.py"), "--dir", str(io_dir), str(wasm), str(io_dir), *args],
             capture_output=True, text=True, timeout=120, env=dict(os.environ, WASMRUN_CACHE=str(cache)))
         assert proc.returncode == 0, f"{wasm} exited {proc.returncode}: {proc.stderr}"
         return proc

@@ -92,6 +92,24 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     assert list(map(json.loads, records_file.read_text().splitlines())) == list(map(json.loads, records))
     assert list(map(json.loads, workloads_file.read_text().splitlines())) == list(map(json.loads, workloads))
 
+    # a database timed another way (as every one was before measurement.json:
+    # with the kernel's arguments in cache) keeps each kernel's 8 best
+    # records, timed again, before a search adds to it; here a kernel has
+    # 10 more records whose warm times beat every cold one
+    assert json.loads((db / "measurement.json").read_text())["caches"].startswith("all arguments but the first")
+    (db / "measurement.json").unlink()
+    warm = [json.dumps([r[0], [r[1][0], [1e-9]] + r[1][2:]]) for r in map(json.loads, records[:1]) for _ in range(10)]
+    records_file.write_text("\n".join(records + warm) + "\n")
+    remeasured = scons("tune", *args, cwd=top)
+    assert "the database was timed another way: timing" in remeasured.stdout, remeasured.stdout
+    kept = list(map(json.loads, records_file.read_text().splitlines()))
+    per_kernel = [sum(r[0] == i for r in kept) for i in {r[0] for r in kept}]
+    assert max(per_kernel) == 8 and all(min(r[1][1]) > 1e-7 for r in kept), kept
+    assert (db / "measurement.json").exists()
+    steady = scons("tune", *args, cwd=top)  # once is enough
+    assert "timed another way" not in steady.stdout and "tuning 0 with" in steady.stdout, steady.stdout
+    records = records_file.read_text().splitlines()
+
     rebuilt = scons(*args, cwd=top)  # the database is a source of the compile
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, nhwc, tuned)" in rebuilt.stdout
     # the wasm32 build found a record for each kernel: the convolution, and
@@ -106,6 +124,13 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
 
     assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
                                tmp_path / "io")
+    # `run-model --profile` times each step of the plan inside real inferences
+    profiled = run_wasm(top / "build" / "tiny_conv" / "run-model.wasm", tmp_path / "io", "--repeat", "3",
+                        "--profile").stderr.splitlines()
+    plan = json.loads((top / "build" / "tiny_conv" / "tiny_conv.plan.json").read_text())
+    steps = [line.split() for line in profiled if line.startswith("step_ms ")]
+    assert [(int(s[1]), s[2]) for s in steps] == list(enumerate(s["kernel"] for s in plan["steps"])), profiled
+    assert all(float(s[3]) > 0 for s in steps) and sum(line.startswith("run_ms ") for line in profiled) == 3
 
     untuned = scons(*args, "TVM_TUNING=off", cwd=top)  # the option turns it off again
     assert "Compiling model tiny_conv with TVM (wasm32 +simd128, nhwc)" in untuned.stdout

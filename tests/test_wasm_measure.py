@@ -1,8 +1,9 @@
 """`scons tune` times candidate kernels in wasmtime (site_scons/wasmml/
 wasm_measure.py): each is built for wasm32, linked into a module of its own
 and called with its arguments laid out in linear memory. These check that
-such a kernel computes what numpy does, and that a kernel's own error
-comes back as a message, not a crash."""
+such a kernel computes what numpy does, that it is timed with its
+weights out of the caches, as an inference finds them, and that a kernel's
+own error comes back as a message, not a crash."""
 
 import sys
 
@@ -53,6 +54,23 @@ def test_a_kernel_in_wasmtime_computes_what_numpy_does():
     expected = np.einsum("nchw,kc->nkhw", x, w) + shift[None, :, None, None]
     np.testing.assert_allclose(z, expected, rtol=1e-5, atol=1e-5)
     assert len(times) == 3 and all(0 < t < 0.1 for t in times), times
+
+
+def test_each_timed_call_starts_with_all_but_its_input_flushed_from_the_caches():
+    mod, args = pointwise_conv()
+    kernel = wasm_measure.Kernel(wasm_measure.engine(), built(mod), args)
+    # the flush reaches the arguments where the kernel reads them
+    for i, view in enumerate(kernel.host_views()):
+        assert view.numpy().tobytes() == kernel.tensor(i).tobytes(), i
+    flushes, calls = [], []
+    flush, call = kernel.flush_all_but_input, kernel.call
+    kernel.flush_all_but_input = lambda: (flushes.append(len(calls)), flush())
+    kernel.call = lambda: (calls.append(len(flushes)), call())
+    kernel.time(number=3, repeat=2, min_repeat_ms=0)
+    # a warm-up call, then 6 timed ones, each right after its own flush
+    assert calls == [0, 1, 2, 3, 4, 5, 6] and flushes == [1, 2, 3, 4, 5, 6], (calls, flushes)
+    kernel.time(number=3, repeat=1, min_repeat_ms=0, cold=False)
+    assert len(flushes) == 6 and len(calls) == 11
 
 
 def test_a_kernels_own_error_is_a_message():

@@ -415,7 +415,7 @@ def best_schedules(path):
     best = {}
     for index, record in read_json_lines(os.path.join(path, RECORDS_FILE),
                                      "tuning record"):
-        seconds = _mean_run_seconds(record)
+        seconds = mean_run_seconds(record)
         if seconds is not None and (index not in best or seconds < best[index][0]):
             best[index] = (seconds, record)
     database = ms.database.MemoryDatabase()
@@ -449,7 +449,7 @@ def _is_json(text):
         return False
 
 
-def _mean_run_seconds(record):
+def mean_run_seconds(record):
     """Mean measured time of a record, None for a failed measurement."""
     run_secs = record[1] if len(record) > 1 else None
     if not run_secs:

@@ -165,20 +165,47 @@ class Kernel:
         if status != 0:
             raise KernelError(self.error or f"the kernel returned {status}")
 
-    def time(self, number, repeat, min_repeat_ms):
+    def flush_all_but_input(self):
+        """Evicts every argument but the first from the CPU's caches, as a
+        whole inference finds them: the first (the layer's input) was just
+        written by the kernel before, but its weights were last read an
+        inference ago, after some 150 MB of others for ResNet50. Timed with
+        its weights in cache, as every call after the first would find them,
+        ResNet50's Winograd kernels took 3.9 and 5.1 ms where they take 6.8
+        and 8.2 in an inference, and the search ranked them by that."""
+        import tvm
+
+        tvm.get_global_func("cache_flush_cpu_non_first_arg")(*self.host_views())
+
+    def host_views(self):
+        """The arguments as TVM tensors over the host memory that holds
+        them in linear memory (not copies)."""
+        import ctypes
+
+        import tvm
+
+        base = ctypes.addressof(self.memory.data_ptr(self.store).contents)
+        return [tvm.runtime.from_dlpack(np.ctypeslib.as_array(
+                    (ctypes.c_uint8 * max(int(np.prod(shape)) * dtype.itemsize, 1)).from_address(base + ptr)))
+                for ptr, dtype, shape in self.tensors]
+
+    def time(self, number, repeat, min_repeat_ms, cold=True):
         """Seconds per call, `repeat` times: each the mean of at least
-        `number` calls, more if those took under `min_repeat_ms`."""
-        self.call()  # warm-up: page faults, caches
+        `number` calls, more if those took under `min_repeat_ms`. With
+        `cold`, each call starts with all but its first argument out of
+        the caches (flush_all_but_input), and only the calls are timed."""
+        self.call()  # warm-up: page faults
         results = []
         for _ in range(repeat):
-            calls, start = 0, time.perf_counter()
-            while True:
+            calls, elapsed = 0, 0.0
+            while calls == 0 or elapsed * 1e3 < min_repeat_ms:
                 for _ in range(number):
+                    if cold:
+                        self.flush_all_but_input()
+                    start = time.perf_counter()
                     self.call()
+                    elapsed += time.perf_counter() - start
                 calls += number
-                elapsed = time.perf_counter() - start
-                if elapsed * 1e3 >= min_repeat_ms:
-                    break
             results.append(elapsed / calls)
         return results
 

@@ -312,15 +312,29 @@ impl<'m> Session<'m> {
 
     /// Runs every step of the plan in order.
     pub fn run(&mut self) -> Result<(), Error> {
-        for (step, (call, args)) in self.model.plan.steps.iter().zip(&self.steps) {
-            let mut result = TVMFFIAny::none();
-            // SAFETY: arguments point at live DLTensors over validated buffers,
-            // and the kernel checked ranks, shapes and dtypes when it was built.
-            let status = unsafe { call(std::ptr::null_mut(), args.as_ptr(), args.len() as i32, &mut result) };
-            if status != 0 {
-                let message = ffi::take_last_error().unwrap_or_else(|| format!("status {}", status));
-                return Err(Error::Kernel { kernel: step.kernel.clone(), message });
-            }
+        (0..self.steps.len()).try_for_each(|index| self.run_step(index))
+    }
+
+    /// How many steps the plan has; [`Session::run`] runs them in order.
+    pub fn step_count(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Runs one step of the plan alone, so that a profiler can time each
+    /// kernel inside a real inference, with the caches as the earlier steps
+    /// left them. Steps read what earlier steps wrote: run them in order.
+    pub fn run_step(&mut self, index: usize) -> Result<(), Error> {
+        let step = self.model.plan.steps.get(index).ok_or_else(|| {
+            Error::Plan(format!("no step {} (the plan has {})", index, self.steps.len()))
+        })?;
+        let (call, args) = &self.steps[index];
+        let mut result = TVMFFIAny::none();
+        // SAFETY: arguments point at live DLTensors over validated buffers,
+        // and the kernel checked ranks, shapes and dtypes when it was built.
+        let status = unsafe { call(std::ptr::null_mut(), args.as_ptr(), args.len() as i32, &mut result) };
+        if status != 0 {
+            let message = ffi::take_last_error().unwrap_or_else(|| format!("status {}", status));
+            return Err(Error::Kernel { kernel: step.kernel.clone(), message });
         }
         Ok(())
     }
@@ -391,6 +405,17 @@ mod test {
         s.set_input_f32("x", &[-1.0, 2.0, -3.0, 4.0]).unwrap();
         s.run().unwrap();
         assert_eq!(s.output_f32("y").unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn runs_a_plan_step_by_step() {
+        let model = Model::new(&plan(r#"{"tensor":0},{"tensor":1}"#), &NO_WEIGHTS.0, KERNELS).unwrap();
+        let mut s = model.session();
+        s.set_input_f32("x", &[-1.0, 2.0, -3.0, 4.0]).unwrap();
+        assert_eq!(s.step_count(), 1);
+        s.run_step(0).unwrap();
+        assert_eq!(s.output_f32("y").unwrap(), vec![0.0, 2.0, 0.0, 4.0]);
+        assert_eq!(s.run_step(1).unwrap_err().to_string(), "invalid model plan: no step 1 (the plan has 1)");
     }
 
     #[test]
