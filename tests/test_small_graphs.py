@@ -556,10 +556,11 @@ def test_winograd_tiles_small_images_by_2x2(built):
     (F(4x4, 3x3): weights packed 6x6), stage 2's 8x8 ones only of 2x2
     (F(2x2, 3x3): 4x4), and stages 3 and 4 too few of either (direct)."""
     plan = json.loads((built[0] / "resnet18" / "resnet18.plan.json").read_text())
+    # packed [alpha, alpha, O / 16, I, 16]
     packed = collections.Counter(tuple(t["shape"][:2]) for t in plan["tensors"]
-                                 if t["region"] == "weights" and len(t["shape"]) == 4
-                                 and t["shape"][0] == t["shape"][1] and t["shape"][0] in (4, 6))
+                                 if t["region"] == "weights" and len(t["shape"]) == 5)
     assert packed == {(6, 6): 4, (4, 4): 3}, packed
+    assert all(t["shape"][4] == 16 for t in plan["tensors"] if len(t["shape"]) == 5), plan["tensors"]
 
 
 @pytest.mark.parametrize("pipeline", OTHER_PIPELINES)

@@ -18,27 +18,33 @@ from onnx import TensorProto, helper, numpy_helper
 TRIALS = 4
 
 
-def conv_relu_model(path):
+def conv_relu_model(path, in_channels=8):
+    """A 3x3 convolution to 16 channels at 16x16, and a ReLU: computed
+    directly with 8 input channels, by Winograd's F(4x4, 3x3) with 16."""
     rng = np.random.default_rng(7)
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
          helper.make_node("Relu", ["c"], ["y"])], "tiny_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, 16, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
-        [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3), dtype=np.float32), "w"),
+        [numpy_helper.from_array(rng.standard_normal((16, in_channels, 3, 3), dtype=np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(16, dtype=np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path.mkdir()
     onnx.save(model, path / "tiny_conv.onnx")
     (path / "model.json").write_text(json.dumps({
         "name": "tiny_conv", "onnx": "tiny_conv.onnx",
-        "inputs": {"x": {"shape": [1, 8, 16, 16], "dtype": "float32"}}, "outputs": ["y"]}))
+        "inputs": {"x": {"shape": [1, in_channels, 16, 16], "dtype": "float32"}}, "outputs": ["y"]}))
     return model, path / "model.json"
+
+
+def model_input_shape(model):
+    return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
 
 
 def assert_matches_onnxruntime(run_wasm, wasm, model, io):
     io.mkdir()
-    x = np.random.default_rng(3).standard_normal((1, 8, 16, 16), dtype=np.float32)
+    x = np.random.default_rng(3).standard_normal(model_input_shape(model), dtype=np.float32)
     x.tofile(io / "input_0.bin")
     run_wasm(wasm, io)
     got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
@@ -56,8 +62,16 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     built = scons(*args, cwd=top)  # an ordinary build never tunes
     assert "Tuning" not in built.stdout and ", tuned)" not in built.stdout
 
-    tuned = scons("tune", *args, cwd=top)
+    # TUNE_KERNELS tunes only the kernels so named: here the transposes into
+    # and out of NHWC, and not the convolution
+    named = scons("tune", *args, "TUNE_KERNELS=nothing,transpose", cwd=top)
+    assert "1 already tuned or left out, tuning 2 with" in named.stdout, named.stdout
+    measured = [line.split()[-1] for line in named.stdout.splitlines() if "GFLOP/s" in line]
+    assert sorted(k.startswith("transpose") for k in measured) == [True, True], named.stdout
+
+    tuned = scons("tune", *args, cwd=top)  # then the rest
     assert "Tuning model tiny_conv" in tuned.stdout, tuned.stdout
+    assert "2 already tuned, tuning 1 with" in tuned.stdout, tuned.stdout
     db = model_json.parent / "tuning" / "nhwc" / "simd128"
     records = (db / "database_tuning_record.json").read_text().splitlines()
     assert len(records) >= 1, tuned.stdout
@@ -182,6 +196,28 @@ def test_prepack_stores_the_weights_in_the_layout_the_tuned_kernel_reads(scons, 
 
     assert_matches_onnxruntime(run_wasm, top / "build" / "tiny_conv" / "run-model.wasm", model,
                                tmp_path / "io")
+
+
+def test_a_tuned_winograd_kernel_still_matches(scons, run_wasm, tmp_path):
+    """With 16 input channels the convolution is computed by Winograd's
+    F(4x4, 3x3), on weights packed at build time in blocks of 16 output
+    channels; TUNE_KERNELS=winograd tunes that kernel alone, and the build
+    with its schedule still matches onnxruntime."""
+    model, model_json = conv_relu_model(tmp_path / "model", in_channels=16)
+    top = tmp_path / "top"
+    top.mkdir()
+    args = [f"MODELS={model_json}", f"TUNE_TRIALS={TRIALS}"]
+    tuned = scons("tune", *args, "TUNE_KERNELS=winograd", cwd=top)
+    assert "2 already tuned or left out, tuning 1 with" in tuned.stdout, tuned.stdout
+    built = scons(*args, cwd=top)
+    assert "(wasm32 +simd128, nhwc, tuned)" in built.stdout and "1/3 kernels tuned" in built.stdout, built.stdout
+
+    out = top / "build" / "tiny_conv"
+    plan = json.loads((out / "tiny_conv.plan.json").read_text())
+    assert [k for k in plan["kernels"] if "conv2d" in k] == ["fused_conv2d_winograd_add_relu"], plan["kernels"]
+    packed = [t["shape"] for t in plan["tensors"] if t["region"] == "weights" and len(t["shape"]) == 5]
+    assert packed == [[6, 6, 1, 16, 16]], plan["tensors"]  # [alpha, alpha, O / 16, I, 16]
+    assert_matches_onnxruntime(run_wasm, out / "run-model.wasm", model, tmp_path / "io")
 
 
 def test_a_record_cut_off_by_an_interrupted_tuning_run_is_left_out(repo, tmp_path):

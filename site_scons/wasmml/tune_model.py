@@ -19,7 +19,7 @@ a task that already has --trials-per-task records is not tuned again, so an
 interrupted run picks up where it stopped.
 
     python tune_model.py --name NAME --onnx M.onnx --meta model.json --database DIR
-        [--trials-per-task 64] [--focus N] [--input-shape NAME=D0,...]
+        [--trials-per-task 64] [--focus N] [--kernels TEXT,...] [--input-shape NAME=D0,...]
 
 A database for relaxed SIMD starts from the plain SIMD128 one beside it,
 which its builds apply until then: each kernel's best schedules there are
@@ -31,7 +31,9 @@ database: the costliest kernels, their calls, times and GFLOP/s.
 
 --focus N spends the trials where the time goes: a second run with more
 trials per task and --focus 8 tunes only the 8 kernels that the records so
-far say cost the model most.
+far say cost the model most. --kernels winograd tunes only the kernels whose
+names contain "winograd": after a change to how those compute, whose new
+workloads have no records yet, the others are left as they are.
 """
 import argparse
 import os
@@ -58,6 +60,9 @@ def parse_args(argv):
     p.add_argument("--focus", type=int, default=0, metavar="N",
                    help="tune only the N kernels that take the most time by the database "
                         "so far (best time x calls per inference); 0: every kernel")
+    p.add_argument("--kernels", default="", metavar="TEXT,...",
+                   help="tune only the kernels whose names contain one of these texts "
+                        "(default: every kernel)")
     p.add_argument("--logs", help="MetaSchedule's logs (default: DATABASE/../logs)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...")
     p.add_argument("--target-features", default="+simd128",
@@ -126,10 +131,12 @@ def tune(args):
         strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
     todo = [i for i, (task, context) in enumerate(zip(tasks, contexts))
             if _records(database, task) < _trials_wanted(context, args.trials_per_task)]
+    if args.kernels:
+        todo = [i for i in todo if _named(tasks[i], args.kernels)]
     if args.focus:
         todo = sorted(todo, key=lambda i: _time_share(database, tasks[i]), reverse=True)[:args.focus]
     print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned"
-          f"{' or left out' if args.focus else ''}, "
+          f"{' or left out' if args.focus or args.kernels else ''}, "
           f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
     if todo:
         ms.tune.tune_tasks(tasks=[contexts[i] for i in todo], task_weights=[weights[i] for i in todo],
@@ -453,6 +460,11 @@ def _time_share(database, task):
         return 0.0
     best = database.get_top_k(database.commit_workload(mod), 1)
     return float(best[0].run_secs[0]) * task.weight if best else 0.0
+
+
+def _named(task, texts):
+    """Whether the kernel's name contains one of the comma-separated texts."""
+    return any(text and text in task.task_name for text in texts.split(","))
 
 
 def _records(database, task):

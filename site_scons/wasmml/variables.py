@@ -22,6 +22,8 @@ def plugin_variables(arguments):
     variables.Add("TUNE_TRIALS", "`scons tune`: measured candidates per kernel", "64")
     variables.Add("TUNE_FOCUS", "`scons tune`: tune only the N kernels that cost most so far (0: all)",
                   "0")
+    variables.Add("TUNE_KERNELS", "`scons tune`: tune only the kernels whose names contain one of "
+                  "these comma-separated texts (default: all)", "")
     variables.Add(BoolVariable("TUNE_PRUNE", "`scons tune`: afterwards, drop the records of kernels "
                                "the model no longer has", False))
     variables.Add(EnumVariable(

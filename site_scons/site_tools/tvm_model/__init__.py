@@ -35,6 +35,8 @@ three can be set for one model from the command line: NAME.OPTION=VALUE):
     TUNE_TRIALS          trials per kernel for TVMTune (default 64)
     TUNE_FOCUS           N: TVMTune tunes only the N kernels that cost the
                          model most by its database so far (default 0: all)
+    TUNE_KERNELS         "TEXT,...": TVMTune tunes only the kernels whose
+                         names contain one of the texts (default: all)
     TUNE_MEASURE         where TVMTune times candidates: "wasmtime" (default)
                          or "native" (an x86 proxy with 128-bit vectors)
     TUNE_PRUNE           True: TVMTune then drops the records of kernels the
@@ -77,6 +79,7 @@ TVMCOM = (
 TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
     "--database \"$TVM_TUNING_DB\" --trials-per-task $TUNE_TRIALS --focus $TUNE_FOCUS $_TVM_SHAPE_FLAGS "
+    "${'--kernels \"%s\"' % TUNE_KERNELS if TUNE_KERNELS else ''} "
     "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
     "${'--prune' if TUNE_PRUNE else ''} "
     "--logs \"${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME\""
@@ -246,6 +249,7 @@ def generate(env):
         TVM_TUNER=TUNER,
         TUNE_TRIALS=64,
         TUNE_FOCUS=0,
+        TUNE_KERNELS="",
         TUNE_MEASURE="wasmtime",
         TUNE_PRUNE=False,
         TUNECOM=TUNECOM,
