@@ -435,7 +435,7 @@ def report(name, database, tasks):
     point operations, as TVM counts them, per second in wasmtime). Its total
     is the sum of the best times, each kernel timed alone with its weights
     out of the caches: within about 5% of a whole inference (ResNet50's
-    relaxed-SIMD database: 188.4 ms against 198.6 by `run-model --profile`)."""
+    relaxed-SIMD database: 182.0 ms against 183.1 by `run-model --profile`)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
     costs = sorted(((_time_share(database, t), t) for t in tasks), key=lambda c: c[0], reverse=True)
