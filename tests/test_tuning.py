@@ -22,10 +22,11 @@ def conv_relu_model(path, in_channels=8):
     """A 3x3 convolution to 16 channels at 16x16, and a ReLU: computed
     directly with 8 input channels, by Winograd's F(4x4, 3x3) with 16."""
     rng = np.random.default_rng(7)
+    shape = [1, in_channels, 16, 16]
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], kernel_shape=[3, 3]),
          helper.make_node("Relu", ["c"], ["y"])], "tiny_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, 16, 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
         [numpy_helper.from_array(rng.standard_normal((16, in_channels, 3, 3), dtype=np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(16, dtype=np.float32), "b")])
@@ -34,7 +35,7 @@ def conv_relu_model(path, in_channels=8):
     onnx.save(model, path / "tiny_conv.onnx")
     (path / "model.json").write_text(json.dumps({
         "name": "tiny_conv", "onnx": "tiny_conv.onnx",
-        "inputs": {"x": {"shape": [1, in_channels, 16, 16], "dtype": "float32"}}, "outputs": ["y"]}))
+        "inputs": {"x": {"shape": shape, "dtype": "float32"}}, "outputs": ["y"]}))
     return model, path / "model.json"
 
 

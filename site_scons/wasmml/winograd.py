@@ -68,7 +68,7 @@ def pack_weights(hwio, tile):
     alpha, _, i, o = packed.shape
     block = next(b for b in OUT_BLOCKS if o % b == 0)
     blocked = packed.reshape(alpha, alpha, i, o // block, block).transpose(0, 1, 3, 2, 4)
-    return np.ascontiguousarray(blocked).astype(hwio.dtype)
+    return np.ascontiguousarray(blocked, dtype=hwio.dtype)
 
 
 def conv2d_nhwc(data, packed, padding):
