@@ -26,6 +26,10 @@ which its builds apply until then: each kernel's best schedules there are
 measured again with the new features and stored as its first records, and
 the search goes on from them (seed).
 
+Before the search, the hand-written schedules of depthwise convolutions
+(depthwise.py) that the database has no record of are measured into it,
+once each (hand_written).
+
 Every run ends with a report of where an inference's time goes by the
 database: the costliest kernels, their calls, times and GFLOP/s.
 
@@ -126,6 +130,8 @@ def tune(args):
     seed_dir = _seed_database(args)
     if seed_dir:
         seed(tasks, database, seed_dir, target, builder, runner)
+    selected = [t for t in tasks if not args.kernels or _named(t, args.kernels)]
+    hand_written(selected, database, target, builder, runner)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
         strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
@@ -189,6 +195,31 @@ def seed(tasks, database, seed_dir, target, builder, runner):
         if secs:
             database.commit_tuning_record(
                 ms.database.TuningRecord(record.trace, workload, secs, target, record.args_info))
+
+
+def hand_written(tasks, database, target, builder, runner):
+    """Measures the hand-written schedules of the kernels (depthwise.py)
+    that `database` has no record of yet, into it: each is measured once,
+    like a trial, and a build applies it where it is the fastest."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from wasmml import depthwise
+
+    candidates = []  # (workload, its arguments, schedule)
+    for task in tasks:
+        mod = task.dispatched[0]
+        schedules = depthwise.candidates(mod)
+        if not schedules:
+            continue
+        workload = database.commit_workload(mod)
+        known = {str(r.trace) for r in database.get_top_k(workload, 1 << 30)}
+        args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+        candidates += [(workload, args_info, s) for s in schedules if str(s.trace) not in known]
+    print(f"  measuring {len(candidates)} hand-written schedules", flush=True)
+    run_secs = _measure([c[2].mod for c in candidates], [c[1] for c in candidates], target, builder, runner)
+    for (workload, args_info, sch), secs in zip(candidates, run_secs):
+        if secs:
+            database.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, secs, target, args_info))
 
 
 # How the runners time a kernel: the measurement a database's times come
