@@ -19,6 +19,23 @@ SCONS = Path(sys.executable).with_name("scons")  # the venv's, beside its python
 BUILD_TIMEOUT = 600
 
 
+def save_model(directory, name, model, input_shape):
+    """Writes `model` (one float32 input) as directory/NAME.onnx with the
+    model.json that builds it; returns the model.json's path."""
+    import json
+
+    import onnx
+
+    directory.mkdir()
+    onnx.save(model, directory / f"{name}.onnx")
+    input_name = model.graph.input[0].name
+    (directory / "model.json").write_text(json.dumps({
+        "name": name, "onnx": f"{name}.onnx",
+        "inputs": {input_name: {"shape": input_shape, "dtype": "float32"}},
+        "outputs": [o.name for o in model.graph.output]}))
+    return directory / "model.json"
+
+
 @pytest.fixture(scope="session")
 def repo():
     return REPO

@@ -9,13 +9,12 @@ import json
 import sys
 
 import numpy as np
-import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tvm.s_tir import meta_schedule as ms
 
-from conftest import REPO
+from conftest import REPO, save_model
 
 sys.path.insert(0, str(REPO / "site_scons"))
 from wasmml import compile_model, depthwise, tune_model, wasm_measure  # noqa: E402
@@ -49,12 +48,7 @@ def depthwise_model(path):
          numpy_helper.from_array(np.array(0, np.float32), "lo"),
          numpy_helper.from_array(np.array(6, np.float32), "hi")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path.mkdir()
-    onnx.save(model, path / "depthwise.onnx")
-    (path / "model.json").write_text(json.dumps({
-        "name": "depthwise", "onnx": "depthwise.onnx",
-        "inputs": {"x": {"shape": shape, "dtype": "float32"}}, "outputs": ["y"]}))
-    return model, path / "model.json"
+    return model, save_model(path, "depthwise", model, shape)
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ import json
 import sys
 
 import numpy as np
-import onnx
 import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+from conftest import save_model
 
 TRIALS = 4
 
@@ -31,12 +32,7 @@ def conv_relu_model(path, in_channels=8):
         [numpy_helper.from_array(rng.standard_normal((16, in_channels, 3, 3), dtype=np.float32), "w"),
          numpy_helper.from_array(rng.standard_normal(16, dtype=np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    path.mkdir()
-    onnx.save(model, path / "tiny_conv.onnx")
-    (path / "model.json").write_text(json.dumps({
-        "name": "tiny_conv", "onnx": "tiny_conv.onnx",
-        "inputs": {"x": {"shape": shape, "dtype": "float32"}}, "outputs": ["y"]}))
-    return model, path / "model.json"
+    return model, save_model(path, "tiny_conv", model, shape)
 
 
 def model_input_shape(model):
