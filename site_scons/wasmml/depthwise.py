@@ -54,9 +54,8 @@ def _depthwise_shape(mod):
     from tvm.s_tir import Schedule
 
     sch = Schedule(mod)
-    try:
-        conv = sch.get_sblock(CONV_BLOCK)
-    except Exception:  # noqa: BLE001 -- TVM raises its own kinds for a missing block
+    conv = _block(sch, CONV_BLOCK)
+    if conv is None:
         return None
     extents = [int(sch.get(loop).extent) for loop in sch.get_loops(conv)]
     if len(extents) != 7 or extents[6] != 1:  # n, y, x, channel, window y, window x, channel in group
@@ -85,7 +84,9 @@ def schedule(mod, channels, columns):
     sch.unroll(wy)
     sch.unroll(wx)
     sch.decompose_reduction(conv, wy)
-    if _has_block(sch, PAD_BLOCK):
+    # looked up twice, as when the databases' records were made: tune_model
+    # knows a candidate by its trace's text
+    if _block(sch, PAD_BLOCK) is not None:
         sch.compute_inline(sch.get_sblock(PAD_BLOCK))
     loops = sch.get_loops(acc)
     _vectorize_innermost(sch, loops[-1], unroll=[])
@@ -111,9 +112,9 @@ def _vectorize_innermost(sch, loop, unroll):
         sch.unroll(other)
 
 
-def _has_block(sch, name):
+def _block(sch, name):
+    """The block named `name`, or None if the kernel has none."""
     try:
-        sch.get_sblock(name)
-    except Exception:  # noqa: BLE001
-        return False
-    return True
+        return sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 -- TVM raises its own kinds for a missing block
+        return None

@@ -130,15 +130,13 @@ def tune(args):
     seed_dir = _seed_database(args)
     if seed_dir:
         seed(tasks, database, seed_dir, target, builder, runner)
-    selected = [t for t in tasks if not args.kernels or _named(t, args.kernels)]
-    hand_written(selected, database, target, builder, runner)
+    selected = [i for i, task in enumerate(tasks) if not args.kernels or _named(task, args.kernels)]
+    hand_written([tasks[i] for i in selected], database, target, builder, runner)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
         strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
-    todo = [i for i, (task, context) in enumerate(zip(tasks, contexts))
-            if _records(database, task) < _trials_wanted(context, args.trials_per_task)]
-    if args.kernels:
-        todo = [i for i in todo if _named(tasks[i], args.kernels)]
+    todo = [i for i in selected
+            if _records(database, tasks[i]) < _trials_wanted(contexts[i], args.trials_per_task)]
     if args.focus:
         todo = sorted(todo, key=lambda i: _time_share(database, tasks[i]), reverse=True)[:args.focus]
     print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned"
