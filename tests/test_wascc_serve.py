@@ -125,6 +125,16 @@ def test_sixteen_concurrent_requests_all_answer_right(host):
         assert LABELS.index(json.loads(body)) in classes, (name, body)
 
 
+def test_a_burst_of_connections_up_to_the_limit_is_served(host):
+    """48 connections at once, under the host's limit of 64, all answered:
+    with socketserver's listen backlog of 5, the kernel reset those it had
+    no room to queue before the host accepted them."""
+    body = photo("coffee.png")
+    with concurrent.futures.ThreadPoolExecutor(48) as pool:
+        statuses = list(pool.map(lambda _: host.request("PUT", body, timeout=120)[0], range(48)))
+    assert statuses == [200] * 48
+
+
 @pytest.mark.parametrize("method,body,path,status", [
     ("PUT", b"", "/", 400),                               # empty body
     ("PUT", b"this is not an image", "/", 400),           # not an image

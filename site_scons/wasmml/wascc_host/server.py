@@ -92,6 +92,10 @@ class Server(http.server.ThreadingHTTPServer):
         self.pool, self.max_body = pool, max_body
         self.client_timeout, self.request_timeout, self.quiet = client_timeout, request_timeout, quiet
         self.max_connections = max_connections
+        # the listen backlog: socketserver's default of 5 let the kernel
+        # reset connections beyond the 5th of a burst before this server
+        # accepted them (a burst of 32 requests: 4-11 reset)
+        self.request_queue_size = max_connections
         self._connections = threading.BoundedSemaphore(max_connections)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
