@@ -22,6 +22,8 @@ pair that divides it is a candidate; the tuner measures them all once and
 keeps their records, and a build applies whichever record is fastest.
 """
 
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, vectorize_innermost
+
 CONV_BLOCK = "group_conv2d_nhwc"
 PAD_BLOCK = "pad_temp"
 # Channels per step (multiples of the 4-float vector) and output columns
@@ -54,10 +56,10 @@ def _depthwise_shape(mod):
     from tvm.s_tir import Schedule
 
     sch = Schedule(mod)
-    conv = _block(sch, CONV_BLOCK)
+    conv = find_block(sch, CONV_BLOCK)
     if conv is None:
         return None
-    extents = [int(sch.get(loop).extent) for loop in sch.get_loops(conv)]
+    extents = loop_extents(sch, conv)
     if len(extents) != 7 or extents[6] != 1:  # n, y, x, channel, window y, window x, channel in group
         return None
     return extents[2], extents[3]
@@ -70,7 +72,7 @@ def schedule(mod, channels, columns):
 
     sch = Schedule(mod)
     conv = sch.get_sblock(CONV_BLOCK)
-    _inline_all_but_last_consumer(sch, conv)
+    inline_all_but_last_consumer(sch, conv)
     consumers = sch.get_consumers(conv)
     n, y, x, c, wy, wx, rc = sch.get_loops(conv)
     x_outer, x_inner = sch.split(x, [None, columns])
@@ -80,41 +82,14 @@ def schedule(mod, channels, columns):
     for consumer in consumers:  # the activation, applied as the sum is stored
         sch.reverse_compute_inline(consumer)
     sch.reverse_compute_at(acc, c_outer)
-    _vectorize_innermost(sch, c_inner, unroll=[x_inner])
+    vectorize_innermost(sch, c_inner, unroll=[x_inner])
     sch.unroll(wy)
     sch.unroll(wx)
     sch.decompose_reduction(conv, wy)
     # looked up twice, as when the databases' records were made: tune_model
     # knows a candidate by its trace's text
-    if _block(sch, PAD_BLOCK) is not None:
+    if find_block(sch, PAD_BLOCK) is not None:
         sch.compute_inline(sch.get_sblock(PAD_BLOCK))
     loops = sch.get_loops(acc)
-    _vectorize_innermost(sch, loops[-1], unroll=[])
+    vectorize_innermost(sch, loops[-1], unroll=[])
     return sch
-
-
-def _inline_all_but_last_consumer(sch, block):
-    """Inlines the chain of elementwise blocks after `block` (bias, ReLU6's
-    max) into the last of them, which then reads the sum directly."""
-    while True:
-        consumers = sch.get_consumers(block)
-        if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
-            return
-        sch.compute_inline(consumers[0])
-
-
-def _vectorize_innermost(sch, loop, unroll):
-    """Splits `loop` into vectors of 4 floats, unrolling the rest of it and
-    the loops in `unroll`."""
-    rest, lanes = sch.split(loop, [None, 4])
-    sch.vectorize(lanes)
-    for other in [rest] + unroll:
-        sch.unroll(other)
-
-
-def _block(sch, name):
-    """The block named `name`, or None if the kernel has none."""
-    try:
-        return sch.get_sblock(name)
-    except Exception:  # noqa: BLE001 -- TVM raises its own kinds for a missing block
-        return None

@@ -26,9 +26,9 @@ which its builds apply until then: each kernel's best schedules there are
 measured again with the new features and stored as its first records, and
 the search goes on from them (seed).
 
-Before the search, the hand-written schedules of depthwise convolutions
-(depthwise.py) that the database has no record of are measured into it,
-once each (hand_written).
+Before the search, the hand-written schedules of depthwise and 1x1
+convolutions (depthwise.py, pointwise.py) that the database has no record
+of are measured into it, once each (hand_written).
 
 Every run ends with a report of where an inference's time goes by the
 database: the costliest kernels, their calls, times and GFLOP/s.
@@ -196,17 +196,18 @@ def seed(tasks, database, seed_dir, target, builder, runner):
 
 
 def hand_written(tasks, database, target, builder, runner):
-    """Measures the hand-written schedules of the kernels (depthwise.py)
-    that `database` has no record of yet, into it: each is measured once,
-    like a trial, and a build applies it where it is the fastest."""
+    """Measures the hand-written schedules of the kernels (depthwise.py,
+    pointwise.py) that `database` has no record of yet, into it: each is
+    measured once, like a trial, and a build applies it where it is the
+    fastest."""
     from tvm.s_tir import meta_schedule as ms
 
-    from wasmml import depthwise
+    from wasmml import depthwise, pointwise
 
     candidates = []  # (workload, its arguments, schedule)
     for task in tasks:
         mod = task.dispatched[0]
-        schedules = depthwise.candidates(mod)
+        schedules = depthwise.candidates(mod) + pointwise.candidates(mod)
         if not schedules:
             continue
         workload = database.commit_workload(mod)

@@ -1,0 +1,127 @@
+"""Hand-written schedules for 1x1 convolutions (NHWC), which `scons tune`
+measures beside MetaSchedule's candidates (tune_model.py).
+
+They are shaped for what wasmtime's code generator, Cranelift, makes of
+the wasm, not for LLVM's x86 code. Two habits of Cranelift decide it:
+
+  - it computes a pure value (a multiply-add) where it is first used, but
+    leaves every load where the wasm has it. Sums kept in registers across
+    a loop are first used at the loop's end, so all the iteration's loads
+    are live until then, and spill;
+  - it lowers `f32x4.relaxed_madd(a, b, c)` to `vfmadd213ps`, whose result
+    replaces `a`: where `a` is used again, it copies it first.
+
+So each sum lives in memory, and is loaded, brought through a chain of
+multiply-adds and stored again; the store is where Cranelift computes the
+chain, right after the loads it needs. Each weight vector is loaded for
+one multiply-add only (the `a` that the result replaces, so nothing is
+copied), and each splat of an input serves a block of output vectors:
+
+    for each block of `pixels` pixels, for each block of `outputs` channels,
+      out[p, f] = 0 for the block
+      for each step of `steps` input channels k..k+steps,
+        for each pixel p of the block, for each output vector f of the block,
+          out[p, f] += sum over k' in the step of w[k', f] * in[p, k']
+      out = activation(out + bias [+ residual]) for the block
+
+which reaches 2.4 instructions a multiply-add in the inner loop, against
+3.5 in the best schedules MetaSchedule finds (copies, spilled weights).
+The weights of a step (`steps` x `outputs` floats) stay in the L1 cache
+across the block's pixels, and the block's sums in L2.
+
+Which variant is fastest depends on the layer, so each (outputs, pixels)
+pair that divides it is a candidate; the tuner measures them all once and
+keeps their records, and a build applies whichever record is fastest.
+"""
+
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents
+
+CONV_BLOCK = "conv2d_nhwc"
+PAD_BLOCK = "pad_temp"
+# Input channels a step: the splats of one pixel's step stay in registers
+# (12 spill). 4 where 8 does not divide the layer.
+STEPS = (8, 4)
+# Output channels a block (a multiple of 4): the largest three that divide
+# the layer. More outputs share each splat; fewer keep the step's weights
+# and the block's sums in cache.
+OUTPUTS = (256, 192, 128, 96, 64, 48)
+OUTPUT_CHOICES = 3
+# Pixels a block: the whole image, and the divisors of its pixel count
+# nearest these (fewer sums to keep in L2 on large images).
+PIXELS = (196, 392)
+
+
+def candidates(mod):
+    """The hand-written schedules (tvm.s_tir.Schedule, traced) of the
+    kernel `mod`: none unless it is a 1x1 convolution."""
+    shape = _pointwise_shape(mod)
+    if shape is None:
+        return []
+    pixels, outputs, inputs = shape
+    steps = next((s for s in STEPS if inputs % s == 0), None)
+    if steps is None:
+        return []
+    schedules = []
+    for f in [f for f in OUTPUTS if outputs % f == 0][:OUTPUT_CHOICES]:
+        for p in pixel_blocks(pixels):
+            try:
+                schedules.append(schedule(mod, steps, f, p))
+            except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
+                continue
+    return schedules
+
+
+def pixel_blocks(pixels):
+    """The whole image's `pixels`, then the divisors of it nearest PIXELS
+    (each once, and only those smaller than the image)."""
+    divisors = [d for d in range(1, pixels) if pixels % d == 0]
+    blocks = [pixels]
+    for target in PIXELS:
+        if divisors:
+            nearest = min(divisors, key=lambda d: abs(d - target))
+            if nearest not in blocks and nearest >= target // 2:
+                blocks.append(nearest)
+    return blocks
+
+
+def _pointwise_shape(mod):
+    """(output pixels, output channels, input channels) of a 1x1
+    convolution's kernel, else None: a conv2d_nhwc block of batch 1 whose
+    window is 1x1."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    conv = find_block(sch, CONV_BLOCK)
+    if conv is None:
+        return None
+    extents = loop_extents(sch, conv)
+    if len(extents) != 7 or extents[0] != 1 or extents[4:6] != [1, 1]:  # n, y, x, f, window y, x, c
+        return None
+    return extents[1] * extents[2], extents[3], extents[6]
+
+
+def schedule(mod, steps, outputs, pixels):
+    """The schedule of the module doc: `steps` input channels a step,
+    blocks of `outputs` output channels (a multiple of 4) and `pixels`
+    pixels."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    if find_block(sch, PAD_BLOCK) is not None:  # a 1x1 window pads nothing
+        sch.compute_inline(sch.get_sblock(PAD_BLOCK))
+    conv = sch.get_sblock(CONV_BLOCK)
+    inline_all_but_last_consumer(sch, conv)
+    (epilogue,) = sch.get_consumers(conv)
+    n, y, x, f, wy, wx, c = sch.get_loops(conv)
+    pixel_outer, pixel = sch.split(sch.fuse(n, y, x), [None, pixels])
+    f_outer, f_vector, lanes = sch.split(f, [None, outputs // 4, 4])
+    c_outer, c_step = sch.split(c, [None, steps])
+    sch.reorder(pixel_outer, f_outer, wy, wx, c_outer, pixel, f_vector, c_step, lanes)
+    sch.vectorize(lanes)
+    sch.unroll(f_vector)
+    sch.unroll(c_step)
+    sch.decompose_reduction(conv, wy)  # zeroes the block's sums before its first step
+    sch.reverse_compute_at(epilogue, f_outer)
+    _, lanes = sch.split(sch.get_loops(epilogue)[-1], [None, 4])
+    sch.vectorize(lanes)
+    return sch

@@ -1,0 +1,37 @@
+"""Small steps that the hand-written schedules (depthwise.py, pointwise.py)
+share. None of them adds an instruction of its own to a schedule's trace
+beyond the primitives it calls, so moving code here leaves the traces, and
+the database records that name them, as they were."""
+
+
+def inline_all_but_last_consumer(sch, block):
+    """Inlines the chain of elementwise blocks after `block` (bias, ReLU6's
+    max, a residual add) into the last of them, which then reads the sum
+    directly."""
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1 or not sch.get_consumers(consumers[0]):
+            return
+        sch.compute_inline(consumers[0])
+
+
+def vectorize_innermost(sch, loop, unroll):
+    """Splits `loop` into vectors of 4 floats, unrolling the rest of it and
+    the loops in `unroll`."""
+    rest, lanes = sch.split(loop, [None, 4])
+    sch.vectorize(lanes)
+    for other in [rest] + unroll:
+        sch.unroll(other)
+
+
+def find_block(sch, name):
+    """The block named `name`, or None if the kernel has none."""
+    try:
+        return sch.get_sblock(name)
+    except Exception:  # noqa: BLE001 -- TVM raises its own kinds for a missing block
+        return None
+
+
+def loop_extents(sch, block):
+    """The extents of the loops around `block`, outermost first."""
+    return [int(sch.get(loop).extent) for loop in sch.get_loops(block)]

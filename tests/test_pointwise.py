@@ -1,0 +1,119 @@
+"""The hand-written schedules of 1x1 convolutions
+(site_scons/wasmml/pointwise.py) that `scons tune` measures beside
+MetaSchedule's: each variant, built for wasm32 and run in wasmtime,
+computes what the unscheduled kernel does, on layers like ResNet50's (a
+ReLU, a stride of 2, a residual add; steps of 4 and 8 input channels). Then
+a tuning run measures them once, a build applies the database, and the
+module still matches onnxruntime."""
+
+import json
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from tvm.s_tir import meta_schedule as ms
+
+from conftest import REPO, save_model
+from test_depthwise import run_kernel
+
+sys.path.insert(0, str(REPO / "site_scons"))
+from wasmml import compile_model, pointwise, tune_model  # noqa: E402
+
+SIZE = 14
+INPUTS = 12  # not a multiple of 8: steps of 4
+
+
+def pointwise_model(path):
+    """Three 1x1 layers: 12 -> 96 channels with a ReLU at 14x14; 96 -> 64
+    with stride 2 (7x7 out); 64 -> 64 added to its own input, then a ReLU."""
+    rng = np.random.default_rng(5)
+
+    def weights(name, o, i):
+        return numpy_helper.from_array((rng.standard_normal((o, i, 1, 1)) / np.sqrt(i)).astype(np.float32), name)
+
+    def bias(name, o):
+        return numpy_helper.from_array(rng.standard_normal(o, dtype=np.float32), name)
+
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], kernel_shape=[1, 1], strides=[2, 2]),
+         helper.make_node("Conv", ["c2", "w3", "b3"], ["c3"], kernel_shape=[1, 1]),
+         helper.make_node("Add", ["c3", "c2"], ["s"]),
+         helper.make_node("Relu", ["s"], ["y"])],
+        "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, INPUTS, SIZE, SIZE])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64, 7, 7])],
+        [weights("w1", 96, INPUTS), bias("b1", 96), weights("w2", 64, 96), bias("b2", 64),
+         weights("w3", 64, 64), bias("b3", 64)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return model, save_model(path, "pointwise", model, [1, INPUTS, SIZE, SIZE])
+
+
+@pytest.fixture(scope="module")
+def pointwise_kernels(tmp_path_factory):
+    _, meta = pointwise_model(tmp_path_factory.mktemp("pw") / "model")
+    features = "+simd128,+relaxed-simd"
+    target = compile_model.wasm_target(features)
+    tasks = ms.relax_integration.extract_tasks(
+        tune_model.kernels(str(meta.parent / "pointwise.onnx"), str(meta), "nhwc", features), target)
+    return target, [t.dispatched[0] for t in tasks if pointwise.candidates(t.dispatched[0])]
+
+
+def test_every_variant_computes_what_the_unscheduled_kernel_does(pointwise_kernels):
+    target, kernels = pointwise_kernels
+    # 96 outputs: blocks of 96 and 48 channels, of 196 and 98 pixels; 64
+    # outputs at 7x7: one block of each
+    assert sorted(len(pointwise.candidates(mod)) for mod in kernels) == [1, 1, 4]
+    for mod in kernels:
+        expected = run_kernel(mod, target)
+        assert np.abs(expected).max() > 0.1
+        for sch in pointwise.candidates(mod):
+            np.testing.assert_allclose(run_kernel(sch.mod, target), expected, rtol=1e-5, atol=1e-5,
+                                       err_msg=str(sch.trace))
+
+
+def test_pixel_blocks_divide_the_image():
+    assert pointwise.pixel_blocks(3136) == [3136, 196, 392]  # 56x56
+    assert pointwise.pixel_blocks(196) == [196, 98]  # 14x14: 98 is nearest both
+    assert pointwise.pixel_blocks(49) == [49]  # 7x7: 7 is too few
+    assert pointwise.pixel_blocks(1) == [1]
+
+
+def test_a_kernel_that_is_not_a_1x1_convolution_has_none(pointwise_kernels):
+    import tvm
+    from tvm import te, topi
+
+    x = te.placeholder((1, 8, 8, 16), name="x")
+    w = te.placeholder((3, 3, 16, 64), name="w")
+    conv = topi.nn.conv2d_nhwc(x, w, 1, 1, 1)
+    assert pointwise.candidates(tvm.IRModule({"main": te.create_prim_func([x, w, conv])})) == []
+
+
+def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, tmp_path):
+    model, model_json = pointwise_model(tmp_path / "model")
+    top = tmp_path / "top"
+    top.mkdir()
+    args = [f"MODELS={model_json}", "TUNE_TRIALS=1", "TUNE_KERNELS=conv2d"]
+    tuned = scons("tune", *args, cwd=top)
+    assert "measuring 6 hand-written schedules" in tuned.stdout, tuned.stdout
+    db = model_json.parent / "tuning" / "nhwc" / "simd128"
+    records = [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
+    assert sorted(sum(r[0] == i for r in records) for i in (0, 1, 2)) == [1, 1, 4], tuned.stdout
+    assert "tuning 0 with 1 trials" in tuned.stdout, tuned.stdout  # they count as trials
+    again = scons("tune", *args, cwd=top)
+    assert "measuring 0 hand-written schedules" in again.stdout, again.stdout
+
+    built = scons(f"MODELS={model_json}", cwd=top)
+    assert "3/5 kernels tuned" in built.stdout, built.stdout  # not the transposes
+    io = tmp_path / "io"
+    io.mkdir()
+    x = np.random.default_rng(3).standard_normal((1, INPUTS, SIZE, SIZE), dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(top / "build" / "pointwise" / "run-model.wasm", io)
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 64, 7, 7)
+    expected = onnxruntime.InferenceSession(model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
