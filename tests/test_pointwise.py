@@ -75,11 +75,32 @@ def test_every_variant_computes_what_the_unscheduled_kernel_does(pointwise_kerne
                                        err_msg=str(sch.trace))
 
 
-def test_pixel_blocks_divide_the_image():
-    assert pointwise.pixel_blocks(3136) == [3136, 196, 392]  # 56x56
-    assert pointwise.pixel_blocks(196) == [196, 98]  # 14x14: 98 is nearest both
-    assert pointwise.pixel_blocks(49) == [49]  # 7x7: 7 is too few
-    assert pointwise.pixel_blocks(1) == [1]
+def test_pixel_blocks_are_whole_rows():
+    assert pointwise.pixel_blocks(56, 56) == [3136, 224, 392]  # 4 and 7 rows
+    assert pointwise.pixel_blocks(28, 28) == [784, 196, 392]
+    assert pointwise.pixel_blocks(14, 14) == [196, 98]  # 7 rows: nearest both
+    assert pointwise.pixel_blocks(7, 7) == [49]  # 1 row is too few
+    assert pointwise.pixel_blocks(1, 1) == [1]
+
+
+def test_blocks_of_rows_on_a_large_image_compute_the_kernel(pointwise_kernels):
+    """56x56, where a block of 196 pixels would end mid-row: such a block
+    computed wrong sums for the rows it shared (ResNet50's first stage)."""
+    import tvm
+    from tvm import te, topi
+
+    target, _ = pointwise_kernels
+    x = te.placeholder((1, 56, 56, 16), name="x")
+    w = te.placeholder((1, 1, 16, 64), name="w")
+    b = te.placeholder((1, 1, 1, 64), name="b")
+    y = topi.nn.relu(topi.add(topi.nn.conv2d_nhwc(x, w, 1, 0, 1), b))
+    mod = tvm.IRModule({"main": te.create_prim_func([x, w, b, y])})
+    expected = run_kernel(mod, target)
+    schedules = pointwise.candidates(mod)
+    assert len(schedules) == 3  # 64 outputs a block; 56, 4 and 7 rows
+    for sch in schedules:
+        np.testing.assert_allclose(run_kernel(sch.mod, target), expected, rtol=1e-5, atol=1e-5,
+                                   err_msg=str(sch.trace))
 
 
 def test_a_kernel_that_is_not_a_1x1_convolution_has_none(pointwise_kernels):

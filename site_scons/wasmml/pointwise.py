@@ -49,8 +49,10 @@ STEPS = (8, 4)
 # and the block's sums in cache.
 OUTPUTS = (256, 192, 128, 96, 64, 48)
 OUTPUT_CHOICES = 3
-# Pixels a block: the whole image, and the divisors of its pixel count
-# nearest these (fewer sums to keep in L2 on large images).
+# Pixels a block: the whole image, and the whole rows nearest these many
+# pixels (fewer sums to keep in L2 on large images). A block must be whole
+# rows: the activation after it covers the rows the block touches, and
+# where a block ended mid-row it read sums no block had finished yet.
 PIXELS = (196, 392)
 
 
@@ -60,13 +62,13 @@ def candidates(mod):
     shape = _pointwise_shape(mod)
     if shape is None:
         return []
-    pixels, outputs, inputs = shape
+    height, width, outputs, inputs = shape
     steps = next((s for s in STEPS if inputs % s == 0), None)
     if steps is None:
         return []
     schedules = []
     for f in [f for f in OUTPUTS if outputs % f == 0][:OUTPUT_CHOICES]:
-        for p in pixel_blocks(pixels):
+        for p in pixel_blocks(height, width):
             try:
                 schedules.append(schedule(mod, steps, f, p))
             except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
@@ -74,21 +76,21 @@ def candidates(mod):
     return schedules
 
 
-def pixel_blocks(pixels):
-    """The whole image's `pixels`, then the divisors of it nearest PIXELS
-    (each once, and only those smaller than the image)."""
-    divisors = [d for d in range(1, pixels) if pixels % d == 0]
-    blocks = [pixels]
+def pixel_blocks(height, width):
+    """The whole image's pixels, then the blocks of whole rows nearest
+    PIXELS pixels (each once, and only those smaller than the image)."""
+    rows = [r for r in range(1, height) if height % r == 0]
+    blocks = [height * width]
     for target in PIXELS:
-        if divisors:
-            nearest = min(divisors, key=lambda d: abs(d - target))
+        if rows:
+            nearest = min(rows, key=lambda r: abs(r * width - target)) * width
             if nearest not in blocks and nearest >= target // 2:
                 blocks.append(nearest)
     return blocks
 
 
 def _pointwise_shape(mod):
-    """(output pixels, output channels, input channels) of a 1x1
+    """(output height, width, output channels, input channels) of a 1x1
     convolution's kernel, else None: a conv2d_nhwc block of batch 1 whose
     window is 1x1."""
     from tvm.s_tir import Schedule
@@ -100,7 +102,7 @@ def _pointwise_shape(mod):
     extents = loop_extents(sch, conv)
     if len(extents) != 7 or extents[0] != 1 or extents[4:6] != [1, 1]:  # n, y, x, f, window y, x, c
         return None
-    return extents[1] * extents[2], extents[3], extents[6]
+    return extents[1], extents[2], extents[3], extents[6]
 
 
 def schedule(mod, steps, outputs, pixels):
