@@ -42,3 +42,43 @@ def test_winograd_computes_the_convolution(tile, out_channels, padding, block):
     got = tvm.runtime.empty([int(d) for d in y.shape], "float32")
     run(tvm.runtime.tensor(data), tvm.runtime.tensor(packed), got)
     np.testing.assert_allclose(got.numpy(), direct_conv(data, hwio, padding), atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tile, size, out_channels, variants", [
+    (4, 14, 64, 1),  # 16 tiles of 4x4; blocks of 64 outputs
+    (2, 7, 128, 2),  # 16 tiles of 2x2; blocks of 128 and of 64
+])
+def test_hand_written_schedules_compute_the_kernel(tile, size, out_channels, variants):
+    """Each schedule of winograd_schedule.py, built for wasm32 and run in
+    wasmtime, against the unscheduled kernel with the activation that
+    follows it in ResNet50 (bias, ReLU)."""
+    import tvm
+    from tvm import te, topi
+
+    from test_depthwise import run_kernel
+    from wasmml import compile_model, winograd_schedule
+
+    x = te.placeholder((1, size, size, 16), name="x")
+    w = te.placeholder((tile + 2, tile + 2, out_channels // 16, 16, 16), name="w")
+    b = te.placeholder((1, 1, 1, out_channels), name="b")
+    y = topi.nn.relu(topi.add(winograd.conv2d_nhwc(x, w, (1, 1, 1, 1)), b))
+    mod = tvm.IRModule({"main": te.create_prim_func([x, w, b, y])})
+    target = compile_model.wasm_target("+simd128,+relaxed-simd")
+    expected = run_kernel(mod, target)
+    schedules = winograd_schedule.candidates(mod)
+    assert len(schedules) == variants
+    for sch in schedules:
+        got = run_kernel(sch.mod, target)
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max(), str(sch.trace)
+
+
+def test_a_kernel_without_winograd_has_no_hand_written_schedule():
+    import tvm
+    from tvm import te, topi
+
+    from wasmml import winograd_schedule
+
+    x = te.placeholder((1, 8, 8, 16), name="x")
+    w = te.placeholder((1, 1, 16, 64), name="w")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, w, topi.nn.conv2d_nhwc(x, w, 1, 0, 1)])})
+    assert winograd_schedule.candidates(mod) == []

@@ -26,9 +26,10 @@ which its builds apply until then: each kernel's best schedules there are
 measured again with the new features and stored as its first records, and
 the search goes on from them (seed).
 
-Before the search, the hand-written schedules of depthwise and 1x1
-convolutions (depthwise.py, pointwise.py) that the database has no record
-of are measured into it, once each (hand_written).
+Before the search, the hand-written schedules of depthwise, 1x1 and
+Winograd convolutions (depthwise.py, pointwise.py, winograd_schedule.py)
+that the database has no record of are measured into it, once each
+(hand_written).
 
 Every run ends with a report of where an inference's time goes by the
 database: the costliest kernels, their calls, times and GFLOP/s.
@@ -197,7 +198,8 @@ def seed(tasks, database, seed_dir, target, builder, runner):
 
 def hand_written(tasks, database, target, builder, runner):
     """Measures the hand-written schedules of the kernels (depthwise.py,
-    pointwise.py) that `database` has no record of yet, into it: each is
+    pointwise.py, winograd_schedule.py) that `database` has no record of
+    yet, into it: each is
     measured once, like a trial, and a build applies it where it is the
     fastest.
 
@@ -207,12 +209,13 @@ def hand_written(tasks, database, target, builder, runner):
     the database's scale: times its recorded time over its time now."""
     from tvm.s_tir import meta_schedule as ms
 
-    from wasmml import depthwise, pointwise
+    from wasmml import depthwise, pointwise, winograd_schedule
 
     groups = []  # (workload, its arguments, its fastest record or None, new schedules)
     for task in tasks:
         mod = task.dispatched[0]
-        schedules = depthwise.candidates(mod) + pointwise.candidates(mod)
+        schedules = [sch for source in (depthwise, pointwise, winograd_schedule)
+                     for sch in source.candidates(mod)]
         if not schedules:
             continue
         workload = database.commit_workload(mod)

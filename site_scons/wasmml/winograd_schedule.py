@@ -1,0 +1,110 @@
+"""Hand-written schedules for the Winograd kernels (winograd.py), which
+`scons tune` measures beside MetaSchedule's candidates (tune_model.py).
+
+The kernel's matrix products (block "bgemm": for each of the (m+2)^2
+points of the transform domain, tiles x input channels times input x
+output channels) are scheduled as pointwise.py schedules a 1x1
+convolution, for the same reasons (see there): the sums in memory, each
+brought through a chain of `steps` multiply-adds between a load and a
+store, each splat of an input shared by a block of output vectors. The
+transforms around them are unrolled over the tile, one vector of 4
+channels at a time, and the kernel runs its four stages one after
+another:
+
+    transform every input tile        (data_pack: 6x6 or 4x4 in and out)
+    for each point, each block of `outputs` channels, each step of channels,
+      for each tile, each output vector: the chain of `steps` multiply-adds
+    transform every output tile back  (inverse)
+    the activation, from the tiles to NHWC
+
+On ResNet50 (relaxed SIMD) it beat MetaSchedule's best where the products
+have few tiles (16 at 7x7 with F(2x2): 3.6 against 4.3 ms a call), and
+lost where they have many (49 and 196 tiles at 28x28 and 56x56), whose
+transforms MetaSchedule computes tile by tile beside the products; the
+tuner measures both and keeps the faster.
+"""
+
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer
+
+GEMM_BLOCK = "bgemm"
+# Input channels a step, as in pointwise.py.
+STEPS = (8, 4)
+# Output channels a block of the products: those of these that divide the
+# layer.
+OUTPUTS = (128, 64)
+
+
+def candidates(mod):
+    """The hand-written schedules (tvm.s_tir.Schedule, traced) of the
+    kernel `mod`: none unless it is a Winograd kernel."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    gemm = find_block(sch, GEMM_BLOCK)
+    if gemm is None or find_block(sch, "data_pack") is None:
+        return []
+    _, _, _, outputs, inputs = (int(sch.get(loop).extent) for loop in sch.get_loops(gemm))
+    steps = next((s for s in STEPS if inputs % s == 0), None)
+    schedules = []
+    for f in OUTPUTS:
+        if steps and outputs % f == 0:
+            try:
+                schedules.append(schedule(mod, steps, f))
+            except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
+                continue
+    return schedules
+
+
+def schedule(mod, steps, outputs):
+    """The schedule of the module doc: `steps` input channels a step and
+    blocks of `outputs` output channels (a multiple of 4) in the products."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(mod)
+    _inline_into(sch, "inverse", keep="bgemm")  # the constant matrix A
+    _inline_into(sch, "data_pack", keep="input_tile")  # the constant matrix B
+    sch.compute_inline(sch.get_sblock("input_tile"))
+    sch.compute_inline(sch.get_sblock("data_pad"))
+    _transform_by_vectors(sch, "data_pack")
+    _products(sch, steps, outputs)
+    _transform_by_vectors(sch, "inverse")
+    gather = sch.get_sblock("conv2d_winograd")
+    inline_all_but_last_consumer(sch, gather)
+    sch.compute_inline(gather)  # the activation reads the inverse's tiles
+    (last,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if not sch.get_consumers(b)]
+    _, lanes = sch.split(sch.get_loops(last)[-1], [None, 4])
+    sch.vectorize(lanes)
+    return sch
+
+
+def _inline_into(sch, name, keep):
+    """Inlines the producers of block `name` other than `keep`."""
+    for producer in sch.get_producers(sch.get_sblock(name)):
+        if sch.get(producer).name_hint != keep:
+            sch.compute_inline(producer)
+
+
+def _transform_by_vectors(sch, name):
+    """A transform (loops: point or output y, x, tile, channel, and the two
+    reduction loops) computed per tile and vector of 4 channels, with the
+    rest unrolled, so its constant matrix folds away."""
+    block = sch.get_sblock(name)
+    eps, nu, tile, channel, r1, r2 = sch.get_loops(block)
+    vectors, lanes = sch.split(channel, [None, 4])
+    sch.reorder(tile, vectors, eps, nu, r1, r2, lanes)
+    sch.vectorize(lanes)
+    for loop in (eps, nu, r1, r2):
+        sch.unroll(loop)
+    sch.decompose_reduction(block, r1)
+
+
+def _products(sch, steps, outputs):
+    block = sch.get_sblock(GEMM_BLOCK)
+    eps, nu, tile, co, ci = sch.get_loops(block)
+    co_outer, co_vector, lanes = sch.split(co, [None, outputs // 4, 4])
+    ci_outer, ci_step = sch.split(ci, [None, steps])
+    sch.reorder(eps, nu, co_outer, ci_outer, tile, co_vector, ci_step, lanes)
+    sch.vectorize(lanes)
+    sch.unroll(co_vector)
+    sch.unroll(ci_step)
+    sch.decompose_reduction(block, ci_outer)
