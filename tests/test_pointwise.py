@@ -64,9 +64,9 @@ def pointwise_kernels(tmp_path_factory):
 
 def test_every_variant_computes_what_the_unscheduled_kernel_does(pointwise_kernels):
     target, kernels = pointwise_kernels
-    # 96 outputs: blocks of 96 and 48 channels, of 196 and 98 pixels; 64
-    # outputs at 7x7: one block of each
-    assert sorted(len(pointwise.candidates(mod)) for mod in kernels) == [1, 1, 4]
+    # 96 outputs: blocks of 96, 48 and 32 channels, of 196 and 98 pixels;
+    # 64 outputs at 7x7: blocks of 64, 32 and 16 channels, of all 49 pixels
+    assert sorted(len(pointwise.candidates(mod)) for mod in kernels) == [3, 3, 6]
     for mod in kernels:
         expected = run_kernel(mod, target)
         assert np.abs(expected).max() > 0.1
@@ -97,7 +97,7 @@ def test_blocks_of_rows_on_a_large_image_compute_the_kernel(pointwise_kernels):
     mod = tvm.IRModule({"main": te.create_prim_func([x, w, b, y])})
     expected = run_kernel(mod, target)
     schedules = pointwise.candidates(mod)
-    assert len(schedules) == 3  # 64 outputs a block; 56, 4 and 7 rows
+    assert len(schedules) == 9  # 64, 32 and 16 outputs a block; 56, 4 and 7 rows
     for sch in schedules:
         np.testing.assert_allclose(run_kernel(sch.mod, target), expected, rtol=1e-5, atol=1e-5,
                                    err_msg=str(sch.trace))
@@ -119,10 +119,10 @@ def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, t
     top.mkdir()
     args = [f"MODELS={model_json}", "TUNE_TRIALS=1", "TUNE_KERNELS=conv2d"]
     tuned = scons("tune", *args, cwd=top)
-    assert "measuring 6 hand-written schedules" in tuned.stdout, tuned.stdout
+    assert "measuring 12 hand-written schedules" in tuned.stdout, tuned.stdout
     db = model_json.parent / "tuning" / "nhwc" / "simd128"
     records = [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
-    assert sorted(sum(r[0] == i for r in records) for i in (0, 1, 2)) == [1, 1, 4], tuned.stdout
+    assert sorted(sum(r[0] == i for r in records) for i in (0, 1, 2)) == [3, 3, 6], tuned.stdout
     assert "tuning 0 with 1 trials" in tuned.stdout, tuned.stdout  # they count as trials
     again = scons("tune", *args, cwd=top)
     assert "measuring 0 hand-written schedules" in again.stdout, again.stdout

@@ -44,10 +44,10 @@ PAD_BLOCK = "pad_temp"
 # Input channels a step: the splats of one pixel's step stay in registers
 # (12 spill). 4 where 8 does not divide the layer.
 STEPS = (8, 4)
-# Output channels a block (a multiple of 4): the largest three that divide
-# the layer. More outputs share each splat; fewer keep the step's weights
-# and the block's sums in cache.
-OUTPUTS = (256, 192, 128, 96, 64, 48)
+# Output channels a block: the largest three multiples of 4 up to this that
+# divide the layer. More outputs share each splat; fewer keep the step's
+# weights and the block's sums in cache.
+MAX_OUTPUTS = 256
 OUTPUT_CHOICES = 3
 # Pixels a block: the whole image, and the whole rows nearest these many
 # pixels (fewer sums to keep in L2 on large images). A block must be whole
@@ -67,7 +67,7 @@ def candidates(mod):
     if steps is None:
         return []
     schedules = []
-    for f in [f for f in OUTPUTS if outputs % f == 0][:OUTPUT_CHOICES]:
+    for f in [f for f in range(MAX_OUTPUTS, 0, -4) if outputs % f == 0][:OUTPUT_CHOICES]:
         for p in pixel_blocks(height, width):
             try:
                 schedules.append(schedule(mod, steps, f, p))
