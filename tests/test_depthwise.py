@@ -71,6 +71,14 @@ def run_kernel(mod, target):
     return kernel.tensor(len(args) - 1)
 
 
+def assert_each_computes(schedules, expected, target):
+    """Each schedule's kernel, built for wasm32 and run in wasmtime, gives
+    `expected` (the unscheduled kernel's output, run_kernel)."""
+    for sch in schedules:
+        np.testing.assert_allclose(run_kernel(sch.mod, target), expected, rtol=1e-5, atol=1e-5,
+                                   err_msg=str(sch.trace))
+
+
 def test_every_variant_computes_what_the_unscheduled_kernel_does(depthwise_kernels):
     target, kernels = depthwise_kernels
     # the 3x3 layer with its ReLU6, the strided 5x5 one: channel steps of 4,
@@ -79,9 +87,7 @@ def test_every_variant_computes_what_the_unscheduled_kernel_does(depthwise_kerne
     for mod in kernels:
         expected = run_kernel(mod, target)
         assert np.abs(expected).max() > 0.1
-        for sch in depthwise.candidates(mod):
-            np.testing.assert_allclose(run_kernel(sch.mod, target), expected, rtol=1e-5, atol=1e-5,
-                                       err_msg=str(sch.trace))
+        assert_each_computes(depthwise.candidates(mod), expected, target)
 
 
 def test_a_kernel_that_is_not_depthwise_has_none():

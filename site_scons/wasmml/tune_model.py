@@ -199,9 +199,8 @@ def seed(tasks, database, seed_dir, target, builder, runner):
 def hand_written(tasks, database, target, builder, runner):
     """Measures the hand-written schedules of the kernels (depthwise.py,
     pointwise.py, winograd_schedule.py) that `database` has no record of
-    yet, into it: each is
-    measured once, like a trial, and a build applies it where it is the
-    fastest.
+    yet, into it: each is measured once, like a trial, and a build applies
+    it where it is the fastest.
 
     This machine's speed drifts by 10% from hour to hour, and a kernel's
     records may be hours old. So each kernel's fastest record is timed
@@ -209,22 +208,7 @@ def hand_written(tasks, database, target, builder, runner):
     the database's scale: times its recorded time over its time now."""
     from tvm.s_tir import meta_schedule as ms
 
-    from wasmml import depthwise, pointwise, winograd_schedule
-
-    groups = []  # (workload, its arguments, its fastest record or None, new schedules)
-    for task in tasks:
-        mod = task.dispatched[0]
-        schedules = [sch for source in (depthwise, pointwise, winograd_schedule)
-                     for sch in source.candidates(mod)]
-        if not schedules:
-            continue
-        workload = database.commit_workload(mod)
-        records = database.get_top_k(workload, 1 << 30)
-        known = {str(r.trace) for r in records}
-        new = [s for s in schedules if str(s.trace) not in known]
-        if new:
-            args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
-            groups.append((workload, args_info, records[0] if records else None, new))
+    groups = _unmeasured_hand_written(tasks, database)
     print(f"  measuring {sum(len(g[3]) for g in groups)} hand-written schedules", flush=True)
     batch = []  # (group, schedule or None for the group's fastest record, module)
     for group in groups:
@@ -248,6 +232,31 @@ def hand_written(tasks, database, target, builder, runner):
         print(f"  (stored on the database's scale: its fastest records ran "
               f"{1 / ratios[len(ratios) // 2]:.2f}x their recorded times, the median of {len(ratios)})",
               flush=True)
+
+
+def _unmeasured_hand_written(tasks, database):
+    """[(workload, its arguments, its fastest record or None, the
+    hand-written schedules the database has no record of)] for the tasks
+    that have any."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from wasmml import depthwise, pointwise, winograd_schedule
+
+    groups = []
+    for task in tasks:
+        mod = task.dispatched[0]
+        schedules = [sch for source in (depthwise, pointwise, winograd_schedule)
+                     for sch in source.candidates(mod)]
+        if not schedules:
+            continue
+        workload = database.commit_workload(mod)
+        records = database.get_top_k(workload, 1 << 30)
+        known = {str(r.trace) for r in records}
+        new = [s for s in schedules if str(s.trace) not in known]
+        if new:
+            args_info = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+            groups.append((workload, args_info, records[0] if records else None, new))
+    return groups
 
 
 def _mean(secs):

@@ -99,6 +99,7 @@ def _transform_by_vectors(sch, name):
 
 
 def _products(sch, steps, outputs):
+    """The matrix products in the order of the module doc."""
     block = sch.get_sblock(GEMM_BLOCK)
     eps, nu, tile, co, ci = sch.get_loops(block)
     co_outer, co_vector, lanes = sch.split(co, [None, outputs // 4, 4])
