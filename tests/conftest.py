@@ -36,6 +36,31 @@ def save_model(directory, name, model, input_shape):
     return directory / "model.json"
 
 
+def assert_matches_onnxruntime(run_wasm, wasm, model, io):
+    """Runs run-model.wasm on a seeded random input written to `io` (a new
+    directory) and compares its output with onnxruntime's on `model`."""
+    import numpy as np
+    import onnxruntime
+
+    io.mkdir()
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(3).standard_normal(shape, dtype=np.float32)
+    x.tofile(io / "input_0.bin")
+    run_wasm(wasm, io)
+    expected = onnxruntime.InferenceSession(model.SerializeToString(),
+                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(expected.shape)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def tuning_records(db):
+    """The records of the tuning database in directory `db`, parsed:
+    [workload index, [trace, run seconds, target, arguments]] each."""
+    import json
+
+    return [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
+
+
 @pytest.fixture(scope="session")
 def repo():
     return REPO

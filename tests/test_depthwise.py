@@ -5,16 +5,14 @@ layers like EfficientNet-Lite0's (3x3 with a ReLU6, 5x5 strided, an odd
 width, no activation). Then a tuning run measures them once, a build
 applies the database, and the module still matches onnxruntime."""
 
-import json
 import sys
 
 import numpy as np
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tvm.s_tir import meta_schedule as ms
 
-from conftest import REPO, save_model
+from conftest import REPO, assert_matches_onnxruntime, save_model, tuning_records
 
 sys.path.insert(0, str(REPO / "site_scons"))
 from wasmml import compile_model, depthwise, tune_model, wasm_measure  # noqa: E402
@@ -107,7 +105,7 @@ def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, t
     tuned = scons("tune", *args, cwd=top)
     assert "measuring 15 hand-written schedules" in tuned.stdout, tuned.stdout
     db = model_json.parent / "tuning" / "nhwc" / "simd128"
-    records = [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
+    records = tuning_records(db)
     # 9 and 6 records, which count as the 2 trials of each: no search ran
     assert sorted(sum(r[0] == i for r in records) for i in (0, 1)) == [6, 9], tuned.stdout
     assert "tuning 0 with 2 trials" in tuned.stdout, tuned.stdout
@@ -117,12 +115,4 @@ def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, t
 
     built = scons(f"MODELS={model_json}", cwd=top)
     assert "2/4 kernels tuned" in built.stdout, built.stdout  # not the transposes
-    io = tmp_path / "io"
-    io.mkdir()
-    x = np.random.default_rng(3).standard_normal((1, CHANNELS, SIZE, SIZE), dtype=np.float32)
-    x.tofile(io / "input_0.bin")
-    run_wasm(top / "build" / "depthwise" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, CHANNELS, 7, 7)
-    expected = onnxruntime.InferenceSession(model.SerializeToString(),
-                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_matches_onnxruntime(run_wasm, top / "build" / "depthwise" / "run-model.wasm", model, tmp_path / "io")

@@ -10,12 +10,11 @@ import json
 import sys
 
 import numpy as np
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from tvm.s_tir import meta_schedule as ms
 
-from conftest import REPO, save_model
+from conftest import REPO, assert_matches_onnxruntime, save_model, tuning_records
 from test_depthwise import assert_each_computes, run_kernel
 
 sys.path.insert(0, str(REPO / "site_scons"))
@@ -117,7 +116,7 @@ def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, t
     tuned = scons("tune", *args, cwd=top)
     assert "measuring 12 hand-written schedules" in tuned.stdout, tuned.stdout
     db = model_json.parent / "tuning" / "nhwc" / "simd128"
-    records = [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
+    records = tuning_records(db)
     assert sorted(sum(r[0] == i for r in records) for i in (0, 1, 2)) == [3, 3, 6], tuned.stdout
     assert "tuning 0 with 1 trials" in tuned.stdout, tuned.stdout  # they count as trials
     again = scons("tune", *args, cwd=top)
@@ -132,17 +131,9 @@ def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, t
     rescaled = scons("tune", *args, cwd=top)
     assert "measuring 5 hand-written schedules" in rescaled.stdout, rescaled.stdout
     assert "stored on the database's scale" in rescaled.stdout, rescaled.stdout
-    records = [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
+    records = tuning_records(db)
     assert sorted(sum(r[0] == i for r in records) for i in (0, 1, 2)) == [3, 3, 6]
 
     built = scons(f"MODELS={model_json}", cwd=top)
     assert "3/5 kernels tuned" in built.stdout, built.stdout  # not the transposes
-    io = tmp_path / "io"
-    io.mkdir()
-    x = np.random.default_rng(3).standard_normal((1, INPUTS, SIZE, SIZE), dtype=np.float32)
-    x.tofile(io / "input_0.bin")
-    run_wasm(top / "build" / "pointwise" / "run-model.wasm", io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 64, 7, 7)
-    expected = onnxruntime.InferenceSession(model.SerializeToString(),
-                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert_matches_onnxruntime(run_wasm, top / "build" / "pointwise" / "run-model.wasm", model, tmp_path / "io")

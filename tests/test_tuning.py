@@ -10,11 +10,10 @@ import json
 import sys
 
 import numpy as np
-import onnxruntime
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import save_model
+from conftest import assert_matches_onnxruntime, save_model, tuning_records
 
 TRIALS = 4
 
@@ -33,21 +32,6 @@ def conv_relu_model(path, in_channels=8):
          numpy_helper.from_array(rng.standard_normal(16, dtype=np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     return model, save_model(path, "tiny_conv", model, shape)
-
-
-def model_input_shape(model):
-    return [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-
-
-def assert_matches_onnxruntime(run_wasm, wasm, model, io):
-    io.mkdir()
-    x = np.random.default_rng(3).standard_normal(model_input_shape(model), dtype=np.float32)
-    x.tofile(io / "input_0.bin")
-    run_wasm(wasm, io)
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(1, 16, 16, 16)
-    expected = onnxruntime.InferenceSession(model.SerializeToString(),
-                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
 
 
 def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm, tmp_path):
@@ -154,7 +138,7 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     relaxed = scons("tune", *relaxed_args, cwd=top)
     assert f"schedules of {db} again" in relaxed.stdout, relaxed.stdout
     relaxed_db = db.parent / "simd128+relaxed-simd"
-    relaxed_records = list(map(json.loads, (relaxed_db / "database_tuning_record.json").read_text().splitlines()))
+    relaxed_records = tuning_records(relaxed_db)
     seed_traces = {json.dumps(r[1][0]) for r in map(json.loads, records)}
     seeded = [r for r in relaxed_records if json.dumps(r[1][0]) in seed_traces]
     assert seeded and len(relaxed_records) > len(seeded), relaxed.stdout  # then its own trials

@@ -37,13 +37,10 @@ pair that divides it is a candidate; the tuner measures them all once and
 keeps their records, and a build applies whichever record is fastest.
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_for, sums_in_chains
 
 CONV_BLOCK = "conv2d_nhwc"
 PAD_BLOCK = "pad_temp"
-# Input channels a step: the splats of one pixel's step stay in registers
-# (12 spill). 4 where 8 does not divide the layer.
-STEPS = (8, 4)
 # Output channels a block: the largest three multiples of 4 up to this that
 # divide the layer. More outputs share each splat; fewer keep the step's
 # weights and the block's sums in cache.
@@ -63,7 +60,7 @@ def candidates(mod):
     if shape is None:
         return []
     height, width, outputs, inputs = shape
-    steps = next((s for s in STEPS if inputs % s == 0), None)
+    steps = step_for(inputs)
     if steps is None:
         return []
     schedules = []
@@ -119,12 +116,7 @@ def schedule(mod, steps, outputs, pixels):
     (epilogue,) = sch.get_consumers(conv)
     n, y, x, f, wy, wx, c = sch.get_loops(conv)
     pixel_outer, pixel = sch.split(sch.fuse(n, y, x), [None, pixels])
-    f_outer, f_vector, lanes = sch.split(f, [None, outputs // 4, 4])
-    c_outer, c_step = sch.split(c, [None, steps])
-    sch.reorder(pixel_outer, f_outer, wy, wx, c_outer, pixel, f_vector, c_step, lanes)
-    sch.vectorize(lanes)
-    sch.unroll(f_vector)
-    sch.unroll(c_step)
+    f_outer, _ = sums_in_chains(sch, f, c, steps, outputs, outer=[pixel_outer], between=[wy, wx], rows=pixel)
     sch.decompose_reduction(conv, wy)  # zeroes the block's sums before its first step
     sch.reverse_compute_at(epilogue, f_outer)
     _, lanes = sch.split(sch.get_loops(epilogue)[-1], [None, 4])

@@ -24,11 +24,9 @@ transforms MetaSchedule computes tile by tile beside the products; the
 tuner measures both and keeps the faster.
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_for, sums_in_chains
 
 GEMM_BLOCK = "bgemm"
-# Input channels a step, as in pointwise.py.
-STEPS = (8, 4)
 # Output channels a block of the products: those of these that divide the
 # layer.
 OUTPUTS = (128, 64)
@@ -43,8 +41,8 @@ def candidates(mod):
     gemm = find_block(sch, GEMM_BLOCK)
     if gemm is None or find_block(sch, "data_pack") is None:
         return []
-    _, _, _, outputs, inputs = (int(sch.get(loop).extent) for loop in sch.get_loops(gemm))
-    steps = next((s for s in STEPS if inputs % s == 0), None)
+    _, _, _, outputs, inputs = loop_extents(sch, gemm)
+    steps = step_for(inputs)
     schedules = []
     for f in OUTPUTS:
         if steps and outputs % f == 0:
@@ -102,10 +100,5 @@ def _products(sch, steps, outputs):
     """The matrix products in the order of the module doc."""
     block = sch.get_sblock(GEMM_BLOCK)
     eps, nu, tile, co, ci = sch.get_loops(block)
-    co_outer, co_vector, lanes = sch.split(co, [None, outputs // 4, 4])
-    ci_outer, ci_step = sch.split(ci, [None, steps])
-    sch.reorder(eps, nu, co_outer, ci_outer, tile, co_vector, ci_step, lanes)
-    sch.vectorize(lanes)
-    sch.unroll(co_vector)
-    sch.unroll(ci_step)
+    _, ci_outer = sums_in_chains(sch, co, ci, steps, outputs, outer=[eps, nu], between=[], rows=tile)
     sch.decompose_reduction(block, ci_outer)
