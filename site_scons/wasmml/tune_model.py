@@ -127,7 +127,7 @@ def tune(args):
         kernels(args.onnx, args.meta, args.pipeline, args.target_features, args.input_shape), target)
     os.makedirs(args.database, exist_ok=True)
     database = open_database(args.database)
-    database = remeasure(args.database, database, tasks, target, builder, runner)
+    database = remeasure(args.database, database, tasks, target, builder, runner, measurement(args.measure))
     seed_dir = _seed_database(args)
     if seed_dir:
         seed(tasks, database, seed_dir, target, builder, runner)
@@ -269,22 +269,34 @@ def _mean(secs):
 # do not have in an inference.
 MEASUREMENT = {"caches": "all arguments but the first flushed before each timed call"}
 MEASUREMENT_FILE = "measurement.json"
+
+
+def measurement(measure):
+    """MEASUREMENT for --measure: in wasmtime, with the engine's release too,
+    since Cranelift's code and so the times change from one to the next
+    (50.0.1 -> 51.0.0: ResNet50's relaxed-SIMD inference 2-3% faster)."""
+    if measure != "wasmtime":
+        return MEASUREMENT
+    import importlib.metadata
+
+    return dict(MEASUREMENT, engine=f"wasmtime {importlib.metadata.version('wasmtime')}")
 # How many of each kernel's best records a database timed another way keeps,
 # timed again.
 REMEASURED_RECORDS = 8
 
 
-def remeasure(path, database, tasks, target, builder, runner):
+def remeasure(path, database, tasks, target, builder, runner, how=MEASUREMENT):
     """The database at `path`, with all its times comparable with the ones
-    a search adds now. One timed another way (its MEASUREMENT_FILE differs
-    or is missing) keeps only each kernel's REMEASURED_RECORDS best records,
-    timed again; the other records and the old times are dropped, since
-    they would outrank or undercut the new ones. Nothing changes on disk
-    until every kernel is timed: an interrupted run starts over."""
+    a search adds now, measured `how` (measurement()). One timed another
+    way (its MEASUREMENT_FILE differs or is missing) keeps only each
+    kernel's REMEASURED_RECORDS best records, timed again; the other records
+    and the old times are dropped, since they would outrank or undercut the
+    new ones. Nothing changes on disk until every kernel is timed: an
+    interrupted run starts over."""
     import json
 
     marker = os.path.join(path, MEASUREMENT_FILE)
-    if _read_measurement(marker) == MEASUREMENT:
+    if _read_measurement(marker) == how:
         return database
     workloads = cm.read_json_lines(os.path.join(path, cm.WORKLOADS_FILE), "workload") \
         if os.path.isfile(os.path.join(path, cm.WORKLOADS_FILE)) else []
@@ -295,7 +307,7 @@ def remeasure(path, database, tasks, target, builder, runner):
         text = "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in kept)
         staging.write_into_place(os.path.join(path, cm.RECORDS_FILE), text.encode())
         print(f"  kept {len(kept)} of {len(records)} records, timed again", flush=True)
-    staging.write_into_place(marker, (json.dumps(MEASUREMENT, indent=1) + "\n").encode())
+    staging.write_into_place(marker, (json.dumps(how, indent=1) + "\n").encode())
     return open_database(path) if records else database
 
 
