@@ -25,12 +25,12 @@ pixels from the L1 cache:
       out = activation(out + bias [+ residual]) for the block
 
 On ResNet50's 1x1 layers (relaxed SIMD) that was 10-17% faster than the
-best schedules MetaSchedule found for most of them, though not yet what
-the shape allows: LLVM hoists a step's weights out of the pixel loop onto
-the stack, and as the splat is the multiply-add's first operand, Cranelift
-copies it before each one: 3.4 instructions a multiply-add. The same loop
-written in wasm by hand, each weight vector loaded for the one
-multiply-add whose result replaces it, takes 2.4.
+best schedules MetaSchedule found for most of them. LLVM hoists a step's
+weights out of the pixel loop onto the stack, and as the splat is the
+multiply-add's first operand, Cranelift copies it before each one: 3.4
+instructions a multiply-add. The same loop written in wasm by hand, each
+weight vector loaded for the one multiply-add whose result replaces it,
+takes 2.4, but computed the layer no faster (README: How near native).
 
 Which variant is fastest depends on the layer, so each (outputs, pixels)
 pair that divides it is a candidate; the tuner measures them all once and

@@ -280,6 +280,8 @@ def measurement(measure):
     import importlib.metadata
 
     return dict(MEASUREMENT, engine=f"wasmtime {importlib.metadata.version('wasmtime')}")
+
+
 # How many of each kernel's best records a database timed another way keeps,
 # timed again.
 REMEASURED_RECORDS = 8
