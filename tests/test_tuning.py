@@ -74,6 +74,14 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
     assert [float(row[0]) for row in report] == sorted((float(row[0]) for row in report), reverse=True)
     assert [float(row[-3]) > 0 for row in report] == [row[-1].startswith("fused_conv2d") for row in report]
 
+    # more trials a kernel: a run measures only the ones it lacks, not the
+    # whole count again (the transposes have one schedule, already measured)
+    more = scons("tune", f"MODELS={model_json}", f"TUNE_TRIALS={TRIALS + 2}", cwd=top)
+    assert "2 already tuned, tuning 1 with" in more.stdout, more.stdout
+    added = len((db / "database_tuning_record.json").read_text().splitlines()) - len(records)
+    assert 0 < added <= 2, more.stdout
+    records = (db / "database_tuning_record.json").read_text().splitlines()
+
     # a kernel the model no longer has (the compiler changed): TUNE_PRUNE
     # drops its workload and records, and renumbers the others'
     workloads_file, records_file = db / "database_workload.json", db / "database_tuning_record.json"

@@ -136,22 +136,36 @@ def tune(args):
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
         tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
         strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
-    todo = [i for i in selected
-            if _records(database, tasks[i]) < _trials_wanted(contexts[i], args.trials_per_task)]
+    to_go = {i: _trials_wanted(contexts[i], args.trials_per_task) - _records(database, tasks[i])
+             for i in selected}
+    todo = [i for i in selected if to_go[i] > 0]
     if args.focus:
         todo = sorted(todo, key=lambda i: _time_share(database, tasks[i]), reverse=True)[:args.focus]
     print(f"  {args.name}: {len(tasks)} kernels, {len(tasks) - len(todo)} already tuned"
           f"{' or left out' if args.focus or args.kernels else ''}, "
           f"tuning {len(todo)} with {args.trials_per_task} trials each", flush=True)
-    if todo:
-        ms.tune.tune_tasks(tasks=[contexts[i] for i in todo], task_weights=[weights[i] for i in todo],
-                           work_dir=args.database, max_trials_global=args.trials_per_task * len(todo),
-                           max_trials_per_task=args.trials_per_task, num_trials_per_iter=16,
+    for trials, group in _by_trials_to_go(todo, to_go):
+        ms.tune.tune_tasks(tasks=[contexts[i] for i in group], task_weights=[weights[i] for i in group],
+                           work_dir=args.database, max_trials_global=trials * len(group),
+                           max_trials_per_task=trials, num_trials_per_iter=16,
                            database=database, cost_model=COST_MODEL, builder=builder, runner=runner)
+    if todo:
         database = open_database(args.database)  # drops what this run added and cannot be replayed
     if args.prune:
         prune(args.database, database, tasks)
     report(args.name, database, tasks)
+
+
+def _by_trials_to_go(todo, to_go):
+    """[(trials, kernels)]: the kernels of `todo` grouped by the trials each
+    still wants (its --trials-per-task less the records it has), one search
+    a group. MetaSchedule counts only the trials of the search at hand, so
+    a run after an interrupted one, or with more trials per task, measures
+    what is missing rather than the whole count again."""
+    groups = {}
+    for i in todo:
+        groups.setdefault(to_go[i], []).append(i)
+    return sorted(groups.items(), reverse=True)
 
 
 # How many of each kernel's best schedules a new database starts from.
