@@ -76,15 +76,15 @@ def test_tune_then_build_applies_the_database_and_still_matches(scons, run_wasm,
 
     # more trials a kernel: a run measures only the ones it lacks, not the
     # whole count again (the transposes have one schedule, already measured)
+    workloads_file, records_file = db / "database_workload.json", db / "database_tuning_record.json"
     more = scons("tune", f"MODELS={model_json}", f"TUNE_TRIALS={TRIALS + 2}", cwd=top)
     assert "2 already tuned, tuning 1 with" in more.stdout, more.stdout
-    added = len((db / "database_tuning_record.json").read_text().splitlines()) - len(records)
+    added = len(records_file.read_text().splitlines()) - len(records)
     assert 0 < added <= 2, more.stdout
-    records = (db / "database_tuning_record.json").read_text().splitlines()
+    records = records_file.read_text().splitlines()
 
     # a kernel the model no longer has (the compiler changed): TUNE_PRUNE
     # drops its workload and records, and renumbers the others'
-    workloads_file, records_file = db / "database_workload.json", db / "database_tuning_record.json"
     workloads = workloads_file.read_text().splitlines()
     orphan = json.dumps(["12345", json.loads(workloads[0])[1]])
     workloads_file.write_text("\n".join([orphan] + workloads) + "\n")

@@ -301,7 +301,7 @@ def measurement(measure):
 REMEASURED_RECORDS = 8
 
 
-def remeasure(path, database, tasks, target, builder, runner, how=MEASUREMENT):
+def remeasure(path, database, tasks, target, builder, runner, how):
     """The database at `path`, with all its times comparable with the ones
     a search adds now, measured `how` (measurement()). One timed another
     way (its MEASUREMENT_FILE differs or is missing) keeps only each
