@@ -37,7 +37,7 @@ pair that divides it is a candidate; the tuner measures them all once and
 keeps their records, and a build applies whichever record is fastest.
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_for, sums_in_chains
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
 
 CONV_BLOCK = "conv2d_nhwc"
 PAD_BLOCK = "pad_temp"
@@ -60,16 +60,14 @@ def candidates(mod):
     if shape is None:
         return []
     height, width, outputs, inputs = shape
-    steps = step_for(inputs)
-    if steps is None:
-        return []
     schedules = []
     for f in [f for f in range(MAX_OUTPUTS, 0, -4) if outputs % f == 0][:OUTPUT_CHOICES]:
         for p in pixel_blocks(height, width):
-            try:
-                schedules.append(schedule(mod, steps, f, p))
-            except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
-                continue
+            for steps, rows in step_shapes(inputs, p):
+                try:
+                    schedules.append(schedule(mod, steps, f, p, rows))
+                except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
+                    continue
     return schedules
 
 
@@ -102,10 +100,10 @@ def _pointwise_shape(mod):
     return extents[1], extents[2], extents[3], extents[6]
 
 
-def schedule(mod, steps, outputs, pixels):
-    """The schedule of the module doc: `steps` input channels a step,
-    blocks of `outputs` output channels (a multiple of 4) and `pixels`
-    pixels."""
+def schedule(mod, steps, outputs, pixels, pixels_a_step=1):
+    """The schedule of the module doc: `steps` input channels a step for
+    `pixels_a_step` pixels, blocks of `outputs` output channels (a multiple
+    of 4) and `pixels` pixels."""
     from tvm.s_tir import Schedule
 
     sch = Schedule(mod)
@@ -116,7 +114,8 @@ def schedule(mod, steps, outputs, pixels):
     (epilogue,) = sch.get_consumers(conv)
     n, y, x, f, wy, wx, c = sch.get_loops(conv)
     pixel_outer, pixel = sch.split(sch.fuse(n, y, x), [None, pixels])
-    f_outer, _ = sums_in_chains(sch, f, c, steps, outputs, outer=[pixel_outer], between=[wy, wx], rows=pixel)
+    f_outer, _ = sums_in_chains(sch, f, c, steps, outputs, outer=[pixel_outer], between=[wy, wx], rows=pixel,
+                                 rows_a_step=pixels_a_step)
     sch.decompose_reduction(conv, wy)  # zeroes the block's sums before its first step
     sch.reverse_compute_at(epilogue, f_outer)
     _, lanes = sch.split(sch.get_loops(epilogue)[-1], [None, 4])

@@ -24,7 +24,7 @@ transforms MetaSchedule computes tile by tile beside the products; the
 tuner measures both and keeps the faster.
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_for, sums_in_chains
+from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
 
 GEMM_BLOCK = "bgemm"
 # Output channels a block of the products: those of these that divide the
@@ -41,21 +41,22 @@ def candidates(mod):
     gemm = find_block(sch, GEMM_BLOCK)
     if gemm is None or find_block(sch, "data_pack") is None:
         return []
-    _, _, _, outputs, inputs = loop_extents(sch, gemm)
-    steps = step_for(inputs)
+    _, _, tiles, outputs, inputs = loop_extents(sch, gemm)
     schedules = []
     for f in OUTPUTS:
-        if steps and outputs % f == 0:
-            try:
-                schedules.append(schedule(mod, steps, f))
-            except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
-                continue
+        for steps, rows in step_shapes(inputs, tiles):
+            if outputs % f == 0:
+                try:
+                    schedules.append(schedule(mod, steps, f, rows))
+                except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
+                    continue
     return schedules
 
 
-def schedule(mod, steps, outputs):
-    """The schedule of the module doc: `steps` input channels a step and
-    blocks of `outputs` output channels (a multiple of 4) in the products."""
+def schedule(mod, steps, outputs, tiles_a_step=1):
+    """The schedule of the module doc: `steps` input channels a step for
+    `tiles_a_step` tiles and blocks of `outputs` output channels (a multiple
+    of 4) in the products."""
     from tvm.s_tir import Schedule
 
     sch = Schedule(mod)
@@ -64,7 +65,7 @@ def schedule(mod, steps, outputs):
     sch.compute_inline(sch.get_sblock("input_tile"))
     sch.compute_inline(sch.get_sblock("data_pad"))
     _transform_by_vectors(sch, "data_pack")
-    _products(sch, steps, outputs)
+    _products(sch, steps, outputs, tiles_a_step)
     _transform_by_vectors(sch, "inverse")
     gather = sch.get_sblock("conv2d_winograd")
     inline_all_but_last_consumer(sch, gather)
@@ -96,9 +97,10 @@ def _transform_by_vectors(sch, name):
     sch.decompose_reduction(block, r1)
 
 
-def _products(sch, steps, outputs):
+def _products(sch, steps, outputs, tiles_a_step):
     """The matrix products in the order of the module doc."""
     block = sch.get_sblock(GEMM_BLOCK)
     eps, nu, tile, co, ci = sch.get_loops(block)
-    _, ci_outer = sums_in_chains(sch, co, ci, steps, outputs, outer=[eps, nu], between=[], rows=tile)
+    _, ci_outer = sums_in_chains(sch, co, ci, steps, outputs, outer=[eps, nu], between=[], rows=tile,
+                                  rows_a_step=tiles_a_step)
     sch.decompose_reduction(block, ci_outer)
