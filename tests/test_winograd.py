@@ -47,6 +47,7 @@ def test_winograd_computes_the_convolution(tile, out_channels, padding, block):
 @pytest.mark.parametrize("tile, size, out_channels, variants", [
     (4, 14, 64, 2),  # 16 tiles of 4x4; blocks of 64 outputs; one tile a step, or two
     (2, 7, 128, 4),  # 16 tiles of 2x2; blocks of 128 and of 64; one tile a step, or two
+    (4, 28, 64, 2),  # 49 tiles of 4x4: two a step, the last one a step of its own
 ])
 def test_hand_written_schedules_compute_the_kernel(tile, size, out_channels, variants):
     """Each schedule of winograd_schedule.py, built for wasm32 and run in

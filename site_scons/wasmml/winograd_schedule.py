@@ -6,7 +6,8 @@ points of the transform domain, tiles x input channels times input x
 output channels) are scheduled as pointwise.py schedules a 1x1
 convolution, for the same reasons (see there): the sums in memory, each
 brought through a chain of `steps` multiply-adds between a load and a
-store, each splat of an input shared by a block of output vectors. The
+store, each splat of an input shared by a block of output vectors, one
+tile a step or two. The
 transforms around them are unrolled over the tile, one vector of 4
 channels at a time, and the kernel runs its four stages one after
 another:
@@ -70,7 +71,9 @@ def schedule(mod, steps, outputs, tiles_a_step=1):
     gather = sch.get_sblock("conv2d_winograd")
     inline_all_but_last_consumer(sch, gather)
     sch.compute_inline(gather)  # the activation reads the inverse's tiles
-    (last,) = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if not sch.get_consumers(b)]
+    # the activation: the last block that no other reads (where the products
+    # have a partitioned loop, the block around its parts is one too)
+    last = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if not sch.get_consumers(b)][-1]
     _, lanes = sch.split(sch.get_loops(last)[-1], [None, 4])
     sch.vectorize(lanes)
     return sch
@@ -101,6 +104,5 @@ def _products(sch, steps, outputs, tiles_a_step):
     """The matrix products in the order of the module doc."""
     block = sch.get_sblock(GEMM_BLOCK)
     eps, nu, tile, co, ci = sch.get_loops(block)
-    _, ci_outer = sums_in_chains(sch, co, ci, steps, outputs, outer=[eps, nu], between=[], rows=tile,
-                                  rows_a_step=tiles_a_step)
-    sch.decompose_reduction(block, ci_outer)
+    sums_in_chains(sch, block, co, ci, steps, outputs, outer=[eps, nu], between=[], rows=tile,
+                   rows_a_step=tiles_a_step)
