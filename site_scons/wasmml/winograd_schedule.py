@@ -7,10 +7,9 @@ output channels) are scheduled as pointwise.py schedules a 1x1
 convolution, for the same reasons (see there): the sums in memory, each
 brought through a chain of `steps` multiply-adds between a load and a
 store, each splat of an input shared by a block of output vectors, one
-tile a step or two. The
-transforms around them are unrolled over the tile, one vector of 4
-channels at a time, and the kernel runs its four stages one after
-another:
+tile a step or two. The transforms around them are unrolled over the
+tile, one vector of 4 channels at a time, and the kernel runs its four
+stages one after another:
 
     transform every input tile        (data_pack: 6x6 or 4x4 in and out)
     for each point, each block of `outputs` channels, each step of channels,
@@ -44,13 +43,12 @@ def candidates(mod):
         return []
     _, _, tiles, outputs, inputs = loop_extents(sch, gemm)
     schedules = []
-    for f in OUTPUTS:
+    for f in [f for f in OUTPUTS if outputs % f == 0]:
         for steps, rows in step_shapes(inputs, tiles):
-            if outputs % f == 0:
-                try:
-                    schedules.append(schedule(mod, steps, f, rows))
-                except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
-                    continue
+            try:
+                schedules.append(schedule(mod, steps, f, rows))
+            except Exception:  # noqa: BLE001 -- TVM's ScheduleError: a layer this does not fit
+                continue
     return schedules
 
 
