@@ -17,7 +17,7 @@ random weights made by models/resnet50/make_onnx.py), one thread everywhere:
 All outputs are checked against native onnxruntime before any time is
 printed. Then for each engine: the first run, the median and minimum of
 --runs runs, and our median over its median (a column for each set of
-features). Last, our (first) module's load time
+features). Last, our (first) module's load time, the median of LOADS
 (wasmtime compiling it, and deserializing it from a precompiled cache) and
 its peak linear memory next to the weights and the planned activations.
 Each engine's rate in GFLOP/s (the model's convolutions and matrix products,
@@ -176,6 +176,28 @@ def tvm_native(model, x, runs):
     return times, out.numpy().ravel()
 
 
+# Loads timed for each load time printed: one compile of the same ResNet50
+# module (160 MB, nearly all of it weights in data segments) took anywhere
+# from 0.5 to 3.7 s, so one time alone says little.
+LOADS = 5
+
+
+def _load_times(load):
+    """Milliseconds each of LOADS calls of `load` took, sorted."""
+    times = []
+    for _ in range(LOADS):
+        start = time.perf_counter()
+        load()
+        times.append((time.perf_counter() - start) * 1e3)
+    return sorted(times)
+
+
+def _load_summary(times):
+    def ms(t):
+        return f"{t:.0f}" if t >= 10 else f"{t:.1f}"
+    return f"{ms(statistics.median(times))} ms (median of {len(times)}; {ms(times[0])}-{ms(times[-1])})"
+
+
 class Ours:
     """run-model.wasm in wasmtime, in this process: also its load times and
     its linear memory after the runs."""
@@ -185,15 +207,12 @@ class Ours:
 
         wasm = model.wasm.read_bytes()
         engine = wasmtime.Engine()
-        start = time.perf_counter()
+        self.compile_ms = _load_times(lambda: wasmtime.Module(engine, wasm))
         module = wasmtime.Module(engine, wasm)
-        self.compile_ms = (time.perf_counter() - start) * 1e3
         with tempfile.TemporaryDirectory() as cache:
             path = Path(cache) / "module.cwasm"
             path.write_bytes(module.serialize())
-            start = time.perf_counter()
-            module = wasmtime.Module.deserialize_file(engine, str(path))
-            self.cached_ms = (time.perf_counter() - start) * 1e3
+            self.cached_ms = _load_times(lambda: wasmtime.Module.deserialize_file(engine, str(path)))
         stderr = Path(io) / "stderr.txt"
         wasi = wasmtime.WasiConfig()
         wasi.argv = ["run-model", "/io", "--repeat", str(max(runs, 2))]
@@ -351,7 +370,8 @@ def main():
         planned = model.plan["weights_size"] + model.plan["arena_size"]
         first = ours[0]
         print(f"\nmodule ({model.features}) {model.wasm.stat().st_size / 1e6:.1f} MB: load "
-              f"{first.compile_ms:.0f} ms compiling, {first.cached_ms:.0f} ms from a precompiled cache; "
+              f"{_load_summary(first.compile_ms)} compiling, {_load_summary(first.cached_ms)} "
+              f"from a precompiled cache; "
               f"linear memory {first.memory / 2**20:.1f} MiB after the runs, for "
               f"{model.plan['weights_size'] / 2**20:.1f} MiB of weights + "
               f"{model.plan['arena_size'] / 2**20:.1f} MiB of planned activations "
