@@ -61,9 +61,8 @@ def step_shapes(inputs, rows):
     """[(channels, rows) a step] that sums_in_chains can take for a block of
     `rows` rows summing over `inputs` channels: one row (step_for), and two
     rows of TWO_ROWS_STEPS channels where that divides the channels."""
-    shapes = []
-    if step_for(inputs):
-        shapes.append((step_for(inputs), 1))
+    one_row = step_for(inputs)
+    shapes = [(one_row, 1)] if one_row else []
     if inputs % TWO_ROWS_STEPS == 0 and rows >= 2:
         shapes.append((TWO_ROWS_STEPS, 2))
     return shapes
