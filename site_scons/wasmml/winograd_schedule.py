@@ -17,11 +17,15 @@ stages one after another:
     transform every output tile back  (inverse)
     the activation, from the tiles to NHWC
 
-On ResNet50 (relaxed SIMD) it beat MetaSchedule's best where the products
-have few tiles (16 at 7x7 with F(2x2): 3.6 against 4.3 ms a call), and
-lost where they have many (49 and 196 tiles at 28x28 and 56x56), whose
-transforms MetaSchedule computes tile by tile beside the products; the
-tuner measures both and keeps the faster.
+With the transforms computed as one sum over the patch, this schedule
+beat MetaSchedule's best only where the products have few tiles (16 at
+7x7 with F(2x2)). With them computed one matrix product at a time
+(winograd._two_sided), it beats the best MetaSchedule had found for the
+single sums on each of ResNet50's four Winograd layers, timed side by
+side with cold caches (relaxed SIMD): 2.08 against 3.10 ms a call at
+56x56, 1.89 against 2.67 at 28x28, 2.50 against 2.87 at 14x14 and 3.93
+against 4.02 at 7x7. The tuner still measures MetaSchedule's candidates,
+which schedule the products alone, and keeps the faster.
 """
 
 from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
@@ -59,10 +63,8 @@ def schedule(mod, steps, outputs, tiles_a_step=1):
     from tvm.s_tir import Schedule
 
     sch = Schedule(mod)
-    _inline_into(sch, "inverse", keep="bgemm")  # the constant matrix A
-    _inline_into(sch, "data_pack", keep="input_tile")  # the constant matrix B
-    sch.compute_inline(sch.get_sblock("input_tile"))
-    sch.compute_inline(sch.get_sblock("data_pad"))
+    for name in ("A", "B", "input_tile", "data_pad"):  # the transforms' constant matrices, the patches
+        sch.compute_inline(sch.get_sblock(name))
     _transform_by_vectors(sch, "data_pack")
     _products(sch, steps, outputs, tiles_a_step)
     _transform_by_vectors(sch, "inverse")
@@ -77,25 +79,27 @@ def schedule(mod, steps, outputs, tiles_a_step=1):
     return sch
 
 
-def _inline_into(sch, name, keep):
-    """Inlines the producers of block `name` other than `keep`."""
-    for producer in sch.get_producers(sch.get_sblock(name)):
-        if sch.get(producer).name_hint != keep:
-            sch.compute_inline(producer)
-
-
 def _transform_by_vectors(sch, name):
-    """A transform (loops: point or output y, x, tile, channel, and the two
-    reduction loops) computed per tile and vector of 4 channels, with the
-    rest unrolled, so its constant matrix folds away."""
+    """A transform, M^T X M (winograd._two_sided: block `name`_half
+    computes M^T X, block `name` its product with M), computed per tile and
+    vector of 4 channels: both products for the tile's vector, unrolled so
+    the constant matrix folds away."""
     block = sch.get_sblock(name)
-    eps, nu, tile, channel, r1, r2 = sch.get_loops(block)
+    y, x, tile, channel, r2 = sch.get_loops(block)
     vectors, lanes = sch.split(channel, [None, 4])
-    sch.reorder(tile, vectors, eps, nu, r1, r2, lanes)
+    sch.reorder(tile, vectors, y, x, r2, lanes)
     sch.vectorize(lanes)
-    for loop in (eps, nu, r1, r2):
+    for loop in (y, x, r2):
         sch.unroll(loop)
-    sch.decompose_reduction(block, r1)
+    half = sch.get_sblock(f"{name}_half")
+    sch.compute_at(half, vectors)
+    half_y, half_x, half_lanes, r1 = sch.get_loops(half)[2:]
+    sch.reorder(half_y, half_x, r1, half_lanes)
+    for loop in (half_y, half_x, r1):
+        sch.unroll(loop)
+    sch.vectorize(half_lanes)
+    sch.decompose_reduction(block, r2)
+    sch.decompose_reduction(half, r1)
 
 
 def _products(sch, steps, outputs, tiles_a_step):
