@@ -175,14 +175,15 @@ def _nhwc(mod, stages=None):
     layout; the input and the final flatten pay one transpose each. 3x3
     convolutions with stride 1 and enough channels and tiles are computed
     by Winograd's F(4x4, 3x3), or F(2x2, 3x3) on small images, on weights
-    packed at build time (winograd.py).
+    packed at build time (winograd.py); 1x1 convolutions read their weights
+    packed in blocks of outputs (pointwise.py).
 
     A graph without convolutions is left as it is. Where TVM's ConvertLayout
     fails (seen on a max over a stacked axis), the graph keeps its layout:
     the build is slower, not wrong, and its log says so."""
     from tvm import relax
 
-    from wasmml import winograd
+    from wasmml import pointwise, winograd
 
     if "relax.nn.conv2d" not in _operators(mod["main"]):
         return _fold_fuse(mod)
@@ -192,7 +193,7 @@ def _nhwc(mod, stages=None):
         if stages is not None:
             stages.note(f"convolutions kept in NCHW (TVM's ConvertLayout: {_first_line(e)})")
         converted = mod
-    return _fold_fuse(winograd.rewrite(converted))
+    return _fold_fuse(pointwise.rewrite(winograd.rewrite(converted)))
 
 
 def _operators(func):

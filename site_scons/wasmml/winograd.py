@@ -68,12 +68,11 @@ def pack_weights(hwio, tile):
     G g G^T, computed in float64."""
     import numpy as np
 
+    from wasmml.packed_conv import block_outputs
+
     _, _, g = transform_matrices(tile)
     packed = np.einsum("ak,klio,bl->abio", g, hwio.astype(np.float64), g)
-    alpha, _, i, o = packed.shape
-    block = next(b for b in OUT_BLOCKS if o % b == 0)
-    blocked = packed.reshape(alpha, alpha, i, o // block, block).transpose(0, 1, 3, 2, 4)
-    return np.ascontiguousarray(blocked, dtype=hwio.dtype)
+    return block_outputs(packed, OUT_BLOCKS).astype(hwio.dtype)
 
 
 def conv2d_nhwc(data, packed, padding):
@@ -170,67 +169,24 @@ def winograd_tile(call, data_shape, weight):
 
 
 def _eligible(call, data_shape, weight):
-    attrs = call.attrs
-    return (data_shape is not None and len(data_shape) == 4
-            and weight is not None and weight.ndim == 4 and weight.shape[:2] == (3, 3)
-            and attrs.data_layout == "NHWC" and attrs.kernel_layout == "HWIO"
-            and attrs.out_layout == "NHWC" and int(attrs.groups) == 1
-            and [int(s) for s in attrs.strides] == [1, 1]
-            and [int(d) for d in attrs.dilation] == [1, 1]
-            and min(weight.shape[2], weight.shape[3]) >= MIN_CHANNELS
-            and str(weight.dtype) == "float32" and str(attrs.out_dtype or "float32") == "float32")
+    from wasmml.packed_conv import nhwc_hwio_float32
+
+    return (nhwc_hwio_float32(call, data_shape, weight) and weight.shape[:2] == (3, 3)
+            and [int(s) for s in call.attrs.strides] == [1, 1]
+            and min(weight.shape[2], weight.shape[3]) >= MIN_CHANNELS)
 
 
 def rewrite(mod):
-    """`mod` with each eligible conv2d of main replaced by a call of the
-    Winograd kernel on pre-packed constant weights."""
-    import tvm
-    from tvm import relax
+    """`mod` with each eligible conv2d replaced by a call of the Winograd
+    kernel on pre-packed constant weights."""
+    from wasmml import packed_conv
 
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
-    permute_dims = tvm.ir.Op.get("relax.permute_dims")
-
-    @relax.expr_functor.mutator
-    class Rewriter(relax.PyExprMutator):
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if call.op != conv2d:
-                return call
-            weight = self._constant(call.args[1])
-            tile = winograd_tile(call, _static_shape(call.args[0]), weight)
-            if tile is None:
-                return call
-            top, left, bottom, right = (int(p) for p in call.attrs.padding)
-            packed = relax.const(pack_weights(weight, tile))
-            return self.builder_.call_te(conv2d_nhwc, call.args[0], packed,
-                                         (top, left, bottom, right),
-                                         primfunc_name_hint="conv2d_winograd")
-
-        def _constant(self, expr):
-            """The value of a weight as numpy: a constant, or a constant
-            that ConvertLayout moved to HWIO (permute_dims). None otherwise."""
-            expr = self._bound(expr)
-            if isinstance(expr, relax.Call) and expr.op == permute_dims:
-                value = self._constant(expr.args[0])
-                return None if value is None else value.transpose([int(a) for a in expr.attrs.axes])
-            value = getattr(expr, "value", None)  # a relax constant holds a tensor
-            return value.numpy() if isinstance(value, tvm.runtime.Tensor) else None
-
-        def _bound(self, expr):
-            while isinstance(expr, relax.Var) and self.lookup_binding(expr) is not None:
-                expr = self.lookup_binding(expr)
-            return expr
-
-    rewriter = Rewriter(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
-    return rewriter.builder_.get()
+    return packed_conv.rewrite(mod, _replacement)
 
 
-def _static_shape(expr):
-    """The shape of a relax tensor expression as ints, None if not static."""
-    try:
-        return [int(d) for d in expr.ty.shape]
-    except (AttributeError, TypeError, ValueError):
+def _replacement(call, data_shape, weight):
+    tile = winograd_tile(call, data_shape, weight)
+    if tile is None:
         return None
+    padding = tuple(int(p) for p in call.attrs.padding)  # top, left, bottom, right
+    return conv2d_nhwc, pack_weights(weight, tile), (padding,), "conv2d_winograd"
