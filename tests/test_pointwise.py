@@ -138,4 +138,8 @@ def test_tuning_measures_them_once_and_the_build_applies_them(scons, run_wasm, t
 
     built = scons(f"MODELS={model_json}", cwd=top)
     assert "3/5 kernels tuned" in built.stdout, built.stdout  # not the transposes
+    # the weights are packed [O / block, I, block], blocks of 16 outputs
+    plan = json.loads((top / "build" / "pointwise" / "pointwise.plan.json").read_text())
+    packed = sorted(t["shape"] for t in plan["tensors"] if t["region"] == "weights" and len(t["shape"]) == 3)
+    assert packed == [[4, 64, 16], [4, 96, 16], [6, INPUTS, 16]], plan["tensors"]
     assert_matches_onnxruntime(run_wasm, top / "build" / "pointwise" / "run-model.wasm", model, tmp_path / "io")
