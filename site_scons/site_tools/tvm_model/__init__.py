@@ -63,7 +63,8 @@ _WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 # the compiler's code: a change to any of it recompiles every model
 COMPILER_SOURCES = [COMPILER] + [os.path.join(_WASMML_DIR, module)
-                               for module in ("winograd.py", "fold_batch_norm.py")]
+                               for module in ("winograd.py", "pointwise.py", "packed_conv.py",
+                                              "schedule_blocks.py", "fold_batch_norm.py")]
 TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
 TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
 
