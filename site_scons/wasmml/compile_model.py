@@ -183,7 +183,7 @@ def _nhwc(mod, stages=None):
     the build is slower, not wrong, and its log says so."""
     from tvm import relax
 
-    from wasmml import pointwise, winograd
+    from wasmml import packed_conv, pointwise, winograd
 
     if "relax.nn.conv2d" not in _operators(mod["main"]):
         return _fold_fuse(mod)
@@ -193,7 +193,7 @@ def _nhwc(mod, stages=None):
         if stages is not None:
             stages.note(f"convolutions kept in NCHW (TVM's ConvertLayout: {_first_line(e)})")
         converted = mod
-    return _fold_fuse(pointwise.rewrite(winograd.rewrite(converted)))
+    return _fold_fuse(packed_conv.rewrite(converted, [winograd.replacement, pointwise.replacement]))
 
 
 def _operators(func):

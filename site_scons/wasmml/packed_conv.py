@@ -5,14 +5,29 @@ in the order its loops read them. winograd.py (3x3 convolutions, weights
 in the transform domain) and pointwise.py (1x1 convolutions) supply the
 kernels."""
 
+# The packed weights' output channels come in blocks of the first of these
+# that divides them, each block's [I, block] contiguous: a kernel computing
+# a block of outputs reads its weights in one stream, not a few floats of
+# every row of an [I, O] matrix. On small images Winograd's kernels stream more
+# weights than anything else does for few tiles (ResNet50's 7x7 layers read
+# 16.8 MB for 16 tiles of 2x2). Tuned alike (relaxed SIMD, 64 cold trials)
+# the 14x14 and 7x7 layers took 5.1 and 7.3 ms a call on [alpha, alpha, I, O],
+# 3.4 and 5.5 ms on these blocks. Letting the tuned schedule choose the
+# layout instead (MetaSchedule's layout-free buffers) gave 4.5 and 4.6 ms,
+# and 5.0 and 5.5 on top of the blocks (one search each): no clear gain,
+# for a layout rewrite at build time.
+OUT_BLOCKS = (16, 8, 4, 1)
 
-def rewrite(mod, replacement):
-    """`mod` with each conv2d call for which `replacement(call, data shape,
-    weight)` gives (TE compute, packed weights as numpy, its other
-    arguments, kernel name) replaced by a call of that compute on the
-    packed weights as a constant. The data shape is a list of ints (None
-    if not static), the weight a numpy array in the call's kernel layout
-    (None if not a constant); `replacement` returns None to keep the call."""
+
+def rewrite(mod, replacements):
+    """`mod` with each conv2d call for which one of `replacements`,
+    replacement(call, data shape, weight), gives (TE compute, packed
+    weights as numpy, its other arguments, kernel name) replaced by a call
+    of that compute on the packed weights as a constant (the first that
+    gives one). The data shape is a list of ints (None if not static), the
+    weight a numpy array in the call's kernel layout (None if not a
+    constant); a replacement returns None to leave the call to the next.
+    One pass over the module: each weight is read out once."""
     import tvm
     from tvm import relax
 
@@ -25,7 +40,8 @@ def rewrite(mod, replacement):
             call = self.visit_expr_post_order(call)
             if call.op != conv2d:
                 return call
-            replaced = replacement(call, _static_shape(call.args[0]), self._constant(call.args[1]))
+            shape, weight = _static_shape(call.args[0]), self._constant(call.args[1])
+            replaced = next((r for r in (replace(call, shape, weight) for replace in replacements) if r), None)
             if replaced is None:
                 return call
             compute, packed, args, name = replaced
@@ -66,11 +82,9 @@ def nhwc_hwio_float32(call, data_shape, weight):
             and str(weight.dtype) == "float32" and str(attrs.out_dtype or "float32") == "float32")
 
 
-def block_outputs(matrix, blocks):
+def block_outputs(matrix, blocks=OUT_BLOCKS):
     """[..., I, O] -> [..., O / block, I, block], block the first of
-    `blocks` that divides O, contiguous: a kernel computing a block of
-    outputs reads its weights in one stream, not a few floats of every
-    row of an [I, O] matrix."""
+    `blocks` that divides O, contiguous."""
     import numpy as np
 
     *lead, i, o = matrix.shape

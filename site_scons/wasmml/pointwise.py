@@ -49,7 +49,7 @@ Which variant is fastest depends on the layer, so each (outputs, pixels,
 pixels a step) that divides it is a candidate; the tuner measures them all
 once and keeps their records, and a build applies whichever record is fastest.
 
-The kernel reads its weights packed at build time (rewrite), [O / 16, I,
+The kernel reads its weights packed at build time (replacement), [O / 16, I,
 16] rather than HWIO's [I, O]: a block of outputs then streams its
 weights, where each step of [I, O] read a few floats from each of rows
 apart by O floats, a new page of memory each on the large layers, which
@@ -64,9 +64,6 @@ for ResNet50 with SIMD128.
 from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
 
 CONV_BLOCK = "conv2d_nhwc"
-# The packed weights' output channels come in blocks of the first of these
-# that divides them (as winograd.py's).
-OUT_BLOCKS = (16, 8, 4, 1)
 PAD_BLOCK = "pad_temp"
 # Output channels a block: the largest three multiples of 4 up to this that
 # divide the layer. More outputs share each splat; fewer keep the step's
@@ -149,23 +146,17 @@ def schedule(mod, steps, outputs, pixels, pixels_a_step=1):
     return sch
 
 
-def rewrite(mod):
-    """`mod` with each 1x1 convolution (NHWC, constant HWIO weights, no
-    padding) replaced by a call of conv2d_nhwc on its weights packed in
-    blocks of outputs."""
-    from wasmml import packed_conv
-
-    return packed_conv.rewrite(mod, _replacement)
-
-
-def _replacement(call, data_shape, weight):
+def replacement(call, data_shape, weight):
+    """packed_conv.rewrite's replacement of a 1x1 convolution (NHWC,
+    constant HWIO weights, no padding): conv2d_nhwc on its weights packed
+    in blocks of outputs."""
     from wasmml.packed_conv import block_outputs, nhwc_hwio_float32
 
     if not (nhwc_hwio_float32(call, data_shape, weight) and weight.shape[:2] == (1, 1)
             and not any(int(p) for p in call.attrs.padding)):
         return None
     strides = tuple(int(s) for s in call.attrs.strides)
-    return conv2d_nhwc, block_outputs(weight[0, 0], OUT_BLOCKS), (strides,), "conv2d"
+    return conv2d_nhwc, block_outputs(weight[0, 0]), (strides,), "conv2d"
 
 
 def conv2d_nhwc(data, packed, strides):

@@ -37,18 +37,6 @@ MIN_CHANNELS = 16
 # other choices still lost: F(2x2) at 14x14 23.9 ms an inference against
 # F(4x4)'s 22.4, direct at 7x7 13.6 against F(2x2)'s 13.0.
 MIN_TILES = 16
-# The packed weights' output channels come in blocks of the first of these
-# that divides them, each block's [I, block] contiguous: a kernel computing
-# a block of outputs reads its weights in one stream, not a few floats of
-# every row of an [I, O] matrix. On small images these kernels stream more
-# weights than anything else does for few tiles (ResNet50's 7x7 layers read
-# 16.8 MB for 16 tiles of 2x2). Tuned alike (relaxed SIMD, 64 cold trials)
-# the 14x14 and 7x7 layers took 5.1 and 7.3 ms a call on [alpha, alpha, I, O],
-# 3.4 and 5.5 ms on these blocks. Letting the tuned schedule choose the
-# layout instead (MetaSchedule's layout-free buffers) gave 4.5 and 4.6 ms,
-# and 5.0 and 5.5 on top of the blocks (one search each): no clear gain,
-# for a layout rewrite at build time.
-OUT_BLOCKS = (16, 8, 4, 1)
 NO_GENERIC_RULES = {"schedule_rule": "None"}
 
 
@@ -64,7 +52,7 @@ def transform_matrices(tile):
 
 def pack_weights(hwio, tile):
     """3x3 HWIO weights -> [alpha, alpha, O / block, I, block], alpha =
-    tile + 2, block from OUT_BLOCKS: each filter in the transform domain,
+    tile + 2, block from packed_conv.OUT_BLOCKS: each filter in the transform domain,
     G g G^T, computed in float64."""
     import numpy as np
 
@@ -72,7 +60,7 @@ def pack_weights(hwio, tile):
 
     _, _, g = transform_matrices(tile)
     packed = np.einsum("ak,klio,bl->abio", g, hwio.astype(np.float64), g)
-    return block_outputs(packed, OUT_BLOCKS).astype(hwio.dtype)
+    return block_outputs(packed).astype(hwio.dtype)
 
 
 def conv2d_nhwc(data, packed, padding):
@@ -176,15 +164,9 @@ def _eligible(call, data_shape, weight):
             and min(weight.shape[2], weight.shape[3]) >= MIN_CHANNELS)
 
 
-def rewrite(mod):
-    """`mod` with each eligible conv2d replaced by a call of the Winograd
-    kernel on pre-packed constant weights."""
-    from wasmml import packed_conv
-
-    return packed_conv.rewrite(mod, _replacement)
-
-
-def _replacement(call, data_shape, weight):
+def replacement(call, data_shape, weight):
+    """packed_conv.rewrite's replacement of an eligible conv2d: the
+    Winograd kernel on weights packed into the transform domain."""
     tile = winograd_tile(call, data_shape, weight)
     if tile is None:
         return None
