@@ -233,7 +233,7 @@ def test_every_module_of_the_compiler_is_a_source_of_each_compile():
     """The test above edits two of them; this one checks that no module the
     compiler imports from wasmml is missing from the list it proved."""
     sys.path.insert(0, str(REPO / "site_scons"))
-    from site_tools import tvm_model
+    from wasmml.site_tools import tvm_model
 
     compiler = REPO / "site_scons" / "wasmml"
     imported, to_read = set(), ["compile_model"]

@@ -59,7 +59,7 @@ import SCons.Util
 
 from wasmml import buildlock, buildstate, compile_model, staging, toolchain
 
-_WASMML_DIR = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "wasmml"))
+_WASMML_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 # the compiler's code: a change to any of it recompiles every model
 COMPILER_SOURCES = [COMPILER] + [os.path.join(_WASMML_DIR, module)

@@ -1,0 +1,1 @@
+"""The SCons tool modules (generate/exists); see wasmml.TOOLPATH."""
