@@ -8,14 +8,9 @@ kernels."""
 # The packed weights' output channels come in blocks of the first of these
 # that divides them, each block's [I, block] contiguous: a kernel computing
 # a block of outputs reads its weights in one stream, not a few floats of
-# every row of an [I, O] matrix. On small images Winograd's kernels stream more
-# weights than anything else does for few tiles (ResNet50's 7x7 layers read
-# 16.8 MB for 16 tiles of 2x2). Tuned alike (relaxed SIMD, 64 cold trials)
-# the 14x14 and 7x7 layers took 5.1 and 7.3 ms a call on [alpha, alpha, I, O],
-# 3.4 and 5.5 ms on these blocks. Letting the tuned schedule choose the
-# layout instead (MetaSchedule's layout-free buffers) gave 4.5 and 4.6 ms,
-# and 5.0 and 5.5 on top of the blocks (one search each): no clear gain,
-# for a layout rewrite at build time.
+# every row of an [I, O] matrix. That matters most for Winograd's kernels on
+# small images (ResNet50's 7x7 layer: 7.3 -> 5.5 ms a call); letting the tuned
+# schedule choose the layout gained nothing clear (docs/tuning.md).
 OUT_BLOCKS = (16, 8, 4, 1)
 
 

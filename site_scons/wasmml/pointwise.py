@@ -25,12 +25,10 @@ pixels from the L1 cache:
       out = activation(out + bias [+ residual]) for the block
 
 On ResNet50's 1x1 layers (relaxed SIMD) that was 10-17% faster than the
-best schedules MetaSchedule found for most of them. LLVM hoists a step's
-weights out of the pixel loop onto the stack, and as the splat is the
-multiply-add's first operand, Cranelift copies it before each one: 3.4
-instructions a multiply-add. The same loop written in wasm by hand, each
-weight vector loaded for the one multiply-add whose result replaces it,
-takes 2.4, but computed the layer no faster (README: How near native).
+best schedules MetaSchedule found for most of them. Cranelift still copies
+an operand before each multiply-add here; variants without those copies
+were built and were no faster, as these loops are bound by loads and
+latency (docs/performance.md, "How near native a wasm module can come").
 
 A variant takes two pixels a step of 4 input channels (8 splats, as one
 pixel's step of 8), the two chains interleaved so that each weight vector
@@ -53,12 +51,8 @@ The kernel reads its weights packed at build time (replacement), [O / 16, I,
 16] rather than HWIO's [I, O]: a block of outputs then streams its
 weights, where each step of [I, O] read a few floats from each of rows
 apart by O floats, a new page of memory each on the large layers, which
-the hardware prefetcher does not follow. On ResNet50's last 1x1 layer
-(1024 to 2048 channels, stride 2, 7x7) the fastest schedule took 5.3 ms
-a call cold against 6.6; on its 14x14 one of 1024 to 512, 4.8 against 4.9.
-Whole inferences gained less, alternating modules: 1-2% (relaxed SIMD:
-ResNet50 153.5 -> 151.7 ms, EfficientNet-Lite0 21.2 -> 20.8), and none
-for ResNet50 with SIMD128.
+the hardware prefetcher does not follow. Whole inferences gained 1-2%
+with relaxed SIMD (the measurements: docs/tuning.md).
 """
 
 from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains

@@ -42,13 +42,10 @@ def loop_extents(sch, block):
 # divide the layer.
 STEPS = (8, 4)
 # Two rows a step, 4 channels each: as many splats (8), and each weight
-# vector loaded serves both rows' multiply-adds. Timed by the tuner, on
-# ResNet50's 1x1 layers (relaxed SIMD), that took 2-14% less time than one
-# row of 8 channels, most of them 8-12%. Of (channels, rows) (8, 1), (4, 2),
-# (4, 3), (2, 3), (2, 4) and (8, 2), (4, 2) was the fastest on each of four
-# of those layers (14x14, 28x28, 7x7), with SIMD128 and with relaxed SIMD:
-# (4, 3) and (8, 2) hold 12 and 16 splats in 16 registers, and (2, n)
-# loads and stores each sum every 2 multiply-adds.
+# vector loaded serves both rows' multiply-adds (most of ResNet50's 1x1
+# layers 8-12% faster than one row of 8). Of the other shapes tried, more
+# rows or channels hold too many splats for 16 registers, and fewer
+# channels load and store each sum too often (docs/tuning.md).
 TWO_ROWS_STEPS = 4
 
 
@@ -92,9 +89,8 @@ def sums_in_chains(sch, block, f, c, steps, outputs, outer, between, rows, rows_
     sch.decompose_reduction(block, between[0] if between else c_outer)
     if row_count % rows_a_step:
         # The last step's rows get a loop of their own, so that the others
-        # run without a bounds check: 7x7 layers like ResNet50's and
-        # EfficientNet-Lite0's, 49 pixels two at a time, took 7-13% less
-        # time than one at a time this way, and up to 15% more with a check
-        # on every multiply-add.
+        # run without a bounds check: on 7x7 layers (49 pixels two at a
+        # time) a check on every multiply-add lost what two rows a step
+        # gain (docs/tuning.md).
         sch.loop_partition(rows, [row_count // rows_a_step, None])
     return f_outer

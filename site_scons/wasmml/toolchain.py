@@ -52,11 +52,15 @@ def _run(args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def _rustc_candidates():
+def _rustc_candidates(search_path=None):
+    """$RUSTC, then every rustc on the search path in order (not only the
+    first: a rustup shim without wasm32 targets often comes first), then
+    Debian's and rustup's usual places."""
     seen = []
-    for path in (os.environ.get("RUSTC"), "/usr/bin/rustc", shutil.which("rustc"),
-                 os.path.expanduser("~/.cargo/bin/rustc")):
-        if path and os.path.isfile(path) and path not in seen:
+    dirs = (search_path or os.environ.get("PATH", "")).split(os.pathsep)
+    for path in ([os.environ.get("RUSTC")] + [os.path.join(d, "rustc") for d in dirs if d]
+                 + ["/usr/bin/rustc", os.path.expanduser("~/.cargo/bin/rustc")]):
+        if path and os.path.isfile(path) and os.access(path, os.X_OK) and path not in seen:
             seen.append(path)
     return seen
 
@@ -81,51 +85,75 @@ def _beside(rustc, tool):
 
 def _probe_cached(rustc, cache_file):
     """_probe, remembered in cache_file for as long as the rustc binary is the
-    same file: running rustc twice would double the time of a no-op build."""
-    st = os.stat(rustc)
+    same file and its sysroot holds the same targets: running each rustc on
+    PATH again would double the time of a no-op build. A rustc found without
+    a wasm32 std (a rustup shim, say) is remembered too, until a target is
+    added to its sysroot."""
+    try:
+        st = os.stat(rustc)
+    except OSError:
+        return None
     # A rustup shim picks its toolchain from RUSTUP_TOOLCHAIN too.
     key = (f"{os.path.realpath(rustc)}:{st.st_size}:{st.st_mtime_ns}:"
            f"{os.environ.get('RUSTUP_TOOLCHAIN', '')}")
     try:
         with open(cache_file) as f:
-            entry = json.load(f).get(key)
-        if entry and all(os.path.exists(entry[k]) for k in ("rustc", "cargo")):
-            return RustToolchain(**entry)
-    except (OSError, ValueError, TypeError):
-        pass
-    found = _probe(rustc)
-    if found:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    entry = cache.get(key) if isinstance(cache, dict) else None
+    if (isinstance(entry, dict) and entry.get("sysroot")
+            and _installed_targets(entry["sysroot"]) == entry.get("targets")):
+        found = entry.get("found")
+        if not found:
+            return None
+        try:
+            if all(os.path.exists(found[k]) for k in ("rustc", "cargo")):
+                return RustToolchain(**found)
+        except (KeyError, TypeError):
+            pass
+    sysroot = _run([rustc, "--print", "sysroot"])
+    found = _probe(rustc, sysroot)
+    if sysroot:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = {"sysroot": sysroot, "targets": _installed_targets(sysroot),
+                      "found": vars(found) if found else None}
         try:
             os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-            staging.write_into_place(cache_file, json.dumps({key: vars(found)}).encode())
+            staging.write_into_place(cache_file, json.dumps(cache).encode())
         except OSError:
             pass  # a read-only build dir only costs the probe next time
     return found
 
 
-def _probe(rustc):
-    sysroot = _run([rustc, "--print", "sysroot"])
-    version = _run([rustc, "--version"])
-    if not sysroot or not version:
+def _probe(rustc, sysroot=None):
+    sysroot = sysroot or _run([rustc, "--print", "sysroot"])
+    if not sysroot:
         return None
     targets = _installed_targets(sysroot)
     wasi = next((t for t in WASI_NAMES if t in targets), None)
     cargo = _beside(rustc, "cargo")
-    if not wasi or not cargo:
+    version = wasi and cargo and _run([rustc, "--version"])
+    if not version:
         return None
     return RustToolchain(rustc, cargo, _beside(rustc, "rustdoc"), wasi, targets, version)
 
 
 @functools.lru_cache(maxsize=None)
-def find_rust(cache_file=None):
-    """The first rustc (RUSTC, Debian's, PATH, rustup's) with a WASI std.
+def find_rust(cache_file=None, rustc=None, search_path=None):
+    """The rustc the build names (`rustc`), else the first with a WASI std
+    ($RUSTC, then PATH in order, then Debian's and rustup's places).
     With cache_file, what a rustc was found to have is remembered there."""
+    candidates = [rustc] if rustc else _rustc_candidates(search_path)
     tried = []
-    for rustc in _rustc_candidates():
-        found = _probe_cached(rustc, cache_file) if cache_file else _probe(rustc)
+    for candidate in candidates:
+        found = _probe_cached(candidate, cache_file) if cache_file else _probe(candidate)
         if found:
             return found
-        tried.append(rustc)
+        tried.append(candidate)
+    if rustc:
+        raise ToolchainError(f"RUSTC={rustc}: not a rustc with a wasm32 standard library and a "
+                             f"cargo beside it: " + INSTALL_HINT)
     raise ToolchainError(
         f"no rustc with a wasm32 standard library (tried: {', '.join(tried) or 'none found'}): "
         + INSTALL_HINT)

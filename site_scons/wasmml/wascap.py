@@ -1,6 +1,6 @@
 """waSCC actor signing (wascap): nkeys, the `jwt` custom section, verification.
 
-What a waSCC 0.6/0.7 host accepts (see README, "The waSCC actor"):
+What a waSCC 0.6/0.7 host accepts (see docs/design.md, "The waSCC actor"):
   - a JWT, `{"typ":"jwt","alg":"Ed25519"}`, in a custom section named `jwt`
     at the end of the module, signed by the account (issuer) key;
   - claims `iss` (account, "A..."), `sub` (module, "M..."), `iat`, `jti`,

