@@ -112,6 +112,16 @@ class Crate:
         self.lock = lock_file(self.dir)
         self.patched = set()
         self.inputs = self._scan()
+        self.default_bin = self._default_bin()
+
+    def _default_bin(self):
+        """The binary cargo builds when there is one: the only [[bin]], else
+        the package's name (cargo's own default)."""
+        data = read_toml(os.path.join(self.dir, "Cargo.toml"))
+        bins = [b.get("name") for b in data.get("bin", []) if isinstance(b, dict)]
+        if len(bins) == 1 and bins[0]:
+            return bins[0]
+        return data.get("package", {}).get("name") or os.path.basename(self.dir)
 
     def _scan(self):
         workspace_deps, files = {}, []

@@ -29,8 +29,9 @@ Construction variables:
                          "unknown" (wasm32-unknown-unknown)
     CARGO_TARGET_DIR     cargo's target dir, shared by all crates
                          (default: $BUILD_DIR/cargo); a SideEffect and Clean
-    CARGO_BIN, CARGO_LIB which artifact: a binary (default: the crate
-                         directory's name) or, when CARGO_LIB is set, the lib
+    CARGO_BIN, CARGO_LIB which artifact: a binary (default: the crate's only
+                         [[bin]], else its package name) or, when CARGO_LIB
+                         is set, the lib
     CARGO_LTO            "on" (default: the release profile's LTO) or "off"
     CARGOFLAGS           extra flags for cargo build
     CARGOCOM, CARGOCOMSTR
@@ -169,7 +170,7 @@ def _cargo_wasm(env, target, crate_dir, model=None, **overrides):
     if archive is not None:
         overrides.setdefault("WASM_MODEL_DIR", archive.dir.abspath)
         overrides.setdefault("WASM_MODEL_NAME", archive.name[3:-2])
-    overrides.setdefault("CARGO_BIN", os.path.basename(crate.abspath))
+    overrides.setdefault("CARGO_BIN", _crate(crate.srcnode().abspath).default_bin)
     overrides["CARGO_MANIFEST"] = manifest.srcnode().abspath
     nodes = env._CargoWasm(target, [manifest] + model, **overrides)
     # tvm_model removes these when the model stops compiling.
