@@ -2,6 +2,8 @@
 names the WASI target as that rustc does, and says what to install when
 nothing fits. Uses fake rustc scripts, so it runs anywhere."""
 
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -47,7 +49,7 @@ def test_a_rustc_without_wasm_std_is_skipped(tmp_path):
 
 def test_missing_toolchain_says_what_to_install(tmp_path, monkeypatch):
     rustc = fake_rust(tmp_path, [])
-    monkeypatch.setattr(toolchain, "_rustc_candidates", lambda: [rustc])
+    monkeypatch.setattr(toolchain, "_rustc_candidates", lambda search_path=None: [rustc])
     toolchain.find_rust.cache_clear()
     try:
         with pytest.raises(toolchain.ToolchainError) as err:
@@ -62,3 +64,24 @@ def test_the_real_toolchain_is_found():
     rust = toolchain.find_rust()
     assert rust.wasi_target in toolchain.WASI_NAMES
     assert Path(toolchain.find_llvm_ar()).is_file()
+
+
+def test_the_first_rustc_on_path_with_a_wasm_std_wins(tmp_path, monkeypatch):
+    """A rustup shim without wasm32 targets often comes first on PATH: it is
+    passed over for the next one that has them, in PATH's order."""
+    without = fake_rust(tmp_path / "rustup", ["x86_64-unknown-linux-gnu"])
+    first = fake_rust(tmp_path / "first", ["wasm32-wasip1"])
+    second = fake_rust(tmp_path / "second", ["wasm32-wasip1"])
+    monkeypatch.delenv("RUSTC", raising=False)
+    path = os.pathsep.join(str(Path(p).parent) for p in (without, first, second))
+    assert toolchain._rustc_candidates(path)[:3] == [without, first, second]
+    cache = tmp_path / "cache.json"
+    for _ in range(2):  # the second time from the cache, which remembers the shim too
+        assert toolchain.find_rust.__wrapped__(str(cache), search_path=path).rustc == first
+    assert len(json.loads(cache.read_text())) == 2
+
+
+def test_a_named_rustc_without_wasm_std_is_an_error_not_a_fallback(tmp_path):
+    rustc = fake_rust(tmp_path, ["x86_64-unknown-linux-gnu"])
+    with pytest.raises(toolchain.ToolchainError, match=f"RUSTC={rustc}: not a rustc with a wasm32"):
+        toolchain.find_rust.__wrapped__(rustc=rustc)

@@ -12,7 +12,9 @@ from SCons.Variables import BoolVariable, EnumVariable, PathVariable, Variables
 from wasmml.compile_model import DEFAULT_PIPELINE
 
 
-def plugin_variables(arguments):
+def plugin_variables(arguments, cargo_registry="auto"):
+    """The variables, with `cargo_registry` as CARGO_REGISTRY's default (a
+    project whose Cargo.lock was made against Debian's crates says so)."""
     variables = Variables(None, arguments)
     variables.Add("TVM_TARGET_FEATURES", "LLVM features of the wasm32 kernels", "+simd128")
     variables.Add(EnumVariable("TVM_PIPELINE", "model optimisation pipeline", DEFAULT_PIPELINE,
@@ -31,6 +33,9 @@ def plugin_variables(arguments):
         allowed_values=("wasmtime", "native")))
     variables.Add(EnumVariable("CARGO_LTO", "link the modules with LTO (off: links several times "
                                "faster, runs a few percent slower)", "on", allowed_values=("on", "off")))
+    variables.Add(EnumVariable("CARGO_REGISTRY", "where cargo takes crates from (auto: Debian's offline "
+                               "crate sources when crates.io is unreachable)", cargo_registry,
+                               allowed_values=("auto", "debian", "default")))
     variables.Add("CARGO_TARGET_DIR", "cargo's target directory", "#build/cargo")
     variables.Add(PathVariable("CACHE_DIR", "shared build cache (SCons CacheDir); also $WASMML_CACHE_DIR",
                                os.environ.get("WASMML_CACHE_DIR", ""), PathVariable.PathAccept))
