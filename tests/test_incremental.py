@@ -278,7 +278,7 @@ def kill_during(checkout, step_line, delay, *args):
 # the step starts); cargo rebuilds two crates for digits.wasm in several.
 @pytest.mark.parametrize("step,delay,edit", [
     ("Compiling model digits", 0.2,
-     ("models/digits/model.json", lambda s: s.replace("{", '{"note": "a killed build", ', 1))),
+     ("models/digits/model.json", lambda s: s.replace('"source": "', '"source": "a killed build; ', 1))),
     ("Building digits.wasm", 1.5, ("rust/vision/src/lib.rs", lambda s: s + "\n// killed build\n")),
 ])
 def test_a_killed_build_completes_correctly_when_run_again(checkout, digit_image, step, delay, edit):

@@ -95,16 +95,43 @@ def load_onnx(path):
     return model
 
 
+def read_meta(path):
+    """model.json, checked as the build checks it (wasmml.model_json). The
+    labels are the copy step's, not the compile's: not looked for here."""
+    from wasmml import model_json
+
+    try:
+        return model_json.load(path, file_exists=lambda name: True)
+    except model_json.ModelJsonError as e:
+        raise ModelError(str(e))
+
+
+def check_meta(meta, model, path):
+    """model.json's inputs and outputs against the loaded ONNX file, before
+    TVM is imported: a contradiction is one line naming the key."""
+    from wasmml import model_json
+
+    try:
+        model_json.check_against_onnx(meta, model, path)
+    except model_json.ModelJsonError as e:
+        raise ModelError(str(e))
+
+
 def input_shapes(model, meta, overrides):
     """Shape of every graph input: command line, then model.json, then the
-    ONNX file itself; an unknown dimension with no shape given is an error."""
+    ONNX file itself; an unknown dimension with no shape given is an error.
+    The command line may set dynamic dims, not contradict static ones."""
+    from wasmml import model_json
+
     given = {name: spec["shape"] for name, spec in meta.get("inputs", {}).items()}
+    flags = {}
     for item in overrides:
         name, _, dims = item.partition("=")
         try:
             given[name] = [int(d) for d in dims.split(",")]
         except ValueError:
             raise ModelError(f"--input-shape {item!r}: expected NAME=D0,D1,...")
+        flags[name] = item
     initializers = {t.name for t in model.graph.initializer}
     shapes = {}
     for inp in model.graph.input:
@@ -112,6 +139,10 @@ def input_shapes(model, meta, overrides):
             continue
         if inp.name in given:
             shapes[inp.name] = list(given.pop(inp.name))
+            conflict = inp.name in flags and model_json.shape_conflict(
+                shapes[inp.name], model_json.onnx_dims(inp))
+            if conflict:
+                raise ModelError(f"--input-shape {flags[inp.name]} (TVM_INPUT_SHAPES): {conflict}")
             continue
         dims = inp.type.tensor_type.shape.dim
         unknown = [d.dim_param or "?" for d in dims if not d.dim_value]
@@ -215,7 +246,8 @@ def _operators(func):
 
 PIPELINES = {"default": None, "fold-fuse": _fold_fuse, "prepack": _fold_fuse_prepack, "nhwc": _nhwc}
 DEFAULT_PIPELINE = "nhwc"
-# pipelines that change layouts need Clip as relax ops they can see through
+# pipelines that change layouts import some operators in forms they can move
+# (_layout_friendly_import)
 LAYOUT_PIPELINES = {"nhwc"}
 
 
@@ -245,20 +277,74 @@ def to_relax(model, shapes, pipeline=DEFAULT_PIPELINE):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from wasmml.fold_batch_norm import fold_batch_norms
+    from wasmml.fold_batch_norm import StatisticsError, fold_batch_norms, per_activation_as_arithmetic
 
     check_operators(model)
-    model = fold_batch_norms(shape_like_initializers_as_constants(model))
+    model = shape_like_initializers_as_constants(dropouts_as_identity(initializers_not_inputs(model)))
     try:
-        with _clip_as_relax_ops(pipeline in LAYOUT_PIPELINES):
+        model = per_activation_as_arithmetic(model, lambda m: _inferred_shapes(m, shapes))
+    except StatisticsError as e:
+        raise ModelError(str(e))
+    model = fold_batch_norms(model)
+    try:
+        with _layout_friendly_import(pipeline in LAYOUT_PIPELINES):
             mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True)
     except Exception as e:  # the frontend raises many kinds; all mean "cannot import"
         raise ModelError(f"TVM cannot import the graph: {_first_line(e)}")
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"]
-    num_inputs = len(shapes)
-    weights = dict(zip(main.params[num_inputs:], params.get("main", [])))
-    return relax.transform.BindParams("main", weights)(mod)
+    values = params.get("main", [])
+    num_inputs = len(main.params) - len(values)  # main's parameters: the inputs, then the weights
+    if num_inputs != len(shapes):
+        raise ModelError(f"TVM imported {num_inputs} inputs for the graph's {len(shapes)} "
+                         f"({', '.join(shapes)}); cannot tell its weights from its inputs")
+    return relax.transform.BindParams("main", dict(zip(main.params[num_inputs:], values)))(mod)
+
+
+def initializers_not_inputs(model):
+    """A copy of the model without the graph inputs that have an initializer
+    (IR < 4, or keep_initializers_as_inputs exports): they are weights. TVM's
+    importer makes each such input a parameter of main as well as a weight,
+    so main's parameters would no longer be the inputs, then the weights."""
+    import onnx
+
+    initializers = {t.name for t in model.graph.initializer}
+    if not any(i.name in initializers for i in model.graph.input):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inputs = [i for i in copy.graph.input if i.name not in initializers]
+    del copy.graph.input[:]
+    copy.graph.input.extend(inputs)
+    return copy
+
+
+def dropouts_as_identity(model):
+    """A copy of the model whose Dropouts are Identity nodes where nothing
+    reads their mask and no training_mode input is given: what they compute
+    at inference. TVM would copy the data and write a mask of ones, in a
+    tuple that ConvertLayout cannot move to NHWC."""
+    import onnx
+
+    graph = model.graph
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+
+    def inference(node):
+        return (node.op_type == "Dropout" and node.domain in ("", "ai.onnx")
+                and (len(node.input) < 3 or not node.input[2])
+                and not any(o in read for o in node.output[1:]))
+
+    if not any(inference(n) for n in graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for node in copy.graph.node:
+        if inference(node):
+            output = node.output[0]
+            node.op_type = "Identity"
+            del node.input[1:], node.output[:], node.attribute[:]
+            node.output.append(output)
+    return copy
 
 
 def shape_like_initializers_as_constants(model):
@@ -300,14 +386,21 @@ def _elements(dims):
 
 
 @contextlib.contextmanager
-def _clip_as_relax_ops(enabled):
-    """TVM's ONNX importer writes Clip (ReLU6) as two TIR kernels, which
-    ConvertLayout cannot move to another layout: it would wrap them in
-    transposes, and they would no longer fuse into the convolution before
-    them. While enabled, Clip becomes relax maximum/minimum instead, with the
-    importer's own handling of NaN bounds."""
+def _layout_friendly_import(enabled):
+    """While enabled, TVM's ONNX importer writes operators in forms that
+    ConvertLayout can move to NHWC, where it wraps its own forms in
+    transposes or fails. Clip (ReLU6): relax maximum/minimum (with the
+    importer's NaN bounds), not two TIR kernels, so it fuses into the conv
+    before it. Sum, Max, Min, Mean: binary ops, not a reduction over a stack."""
+    from unittest import mock
+
+    import tvm
     from tvm import relax
-    from tvm.relax.frontend.onnx import onnx_frontend
+    from tvm.relax.frontend.onnx import onnx_frontend as frontend
+
+    if not enabled:
+        yield
+        return
 
     def clip(cls, bb, inputs, attr, params):
         x = inputs[0]
@@ -317,13 +410,19 @@ def _clip_as_relax_ops(enabled):
             x = bb.emit(relax.op.minimum(x, cls._sanitize_nan_clip_bound(bb, inputs[2], for_min=False)))
         return x
 
-    saved = onnx_frontend.Clip.__dict__["_impl_v13"]
-    if enabled:
-        onnx_frontend.Clip._impl_v13 = classmethod(clip)
-    try:
+    def pairwise(original):
+        def convert(cls, bb, inputs, attr, params):
+            if all(isinstance(i, tvm.ir.GenericConst) for i in inputs):  # folded at import
+                return original.__func__(cls, bb, inputs, attr, params)
+            return cls._impl_dynamic(bb, inputs)
+        return classmethod(convert)
+
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(mock.patch.object(frontend.Clip, "_impl_v13", classmethod(clip)))
+        for op in (frontend.Sum, frontend.Max, frontend.Min, frontend.Mean):
+            patches.enter_context(mock.patch.object(op, "_impl_v1", pairwise(op.__dict__.get(
+                "_impl_v1", frontend.MultiInputBase.__dict__["_impl_v1"]))))
         yield
-    finally:
-        onnx_frontend.Clip._impl_v13 = saved
 
 
 def wasm_target(features):
@@ -857,9 +956,9 @@ def remove_outputs(args):
                 os.remove(p)
 
 
-def check_python():
+def check_python(*modules):
     """The interpreter must be the one that has TVM (the project's .venv)."""
-    for module in ("tvm", "onnx"):
+    for module in modules:
         try:
             __import__(module)
         except ImportError as e:
@@ -868,10 +967,11 @@ def check_python():
 
 
 def compile_model(args, stages):
-    check_python()
-    with open(args.meta) as f:
-        meta = json.load(f)
+    meta = read_meta(args.meta)
+    check_python("onnx")
     model = load_onnx(args.onnx)
+    check_meta(meta, model, args.meta)
+    check_python("tvm")
     shapes = input_shapes(model, meta, args.input_shape)
     output_names = [o.name for o in model.graph.output]
     mod = to_relax(model, shapes, args.pipeline)

@@ -129,3 +129,82 @@ def _drop_unread(graph, replaced):
     inputs = [i for i in graph.input if i.name not in unused]
     del graph.input[:]
     graph.input.extend(inputs)
+
+
+class StatisticsError(Exception):
+    """A batch norm whose statistics have a shape neither TVM nor onnxruntime runs."""
+
+
+STATISTICS = ("scale", "bias", "mean", "var")
+
+
+def per_activation_as_arithmetic(model, infer_shapes):
+    """A copy of the model whose per-activation batch norms (opset < 9,
+    spatial=0: statistics shaped like one sample, [C, H, W]) are arithmetic
+    nodes, which broadcast them as onnxruntime does: TVM's batch_norm takes
+    1-D statistics only. A spatial batch norm with statistics of any other
+    rank than 1 is refused by onnxruntime too: StatisticsError names it.
+    infer_shapes(model) -> {name: (elem_type, dims)}, called only if needed."""
+    import onnx
+
+    graph = model.graph
+    norms = [n for n in graph.node if _is_standard(n, "BatchNormalization") and len(n.input) == 5]
+    if not norms:
+        return model
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    types = {t.name: t.data_type for t in graph.initializer}
+    if any(name not in dims for n in norms for name in n.input[1:]):
+        for name, (elem_type, d) in infer_shapes(model).items():
+            dims.setdefault(name, d)
+            types.setdefault(name, elem_type)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    rewrite = {}
+    for norm in norms:
+        shapes = [dims.get(name) for name in norm.input[1:]]
+        if any(s is None for s in shapes) or all(len(s) == 1 for s in shapes):
+            continue  # 1-D, or not known here: TVM's importer decides
+        if (opset < 9 and _attribute(norm, "spatial", 1) == 0
+                and not any(o in read for o in norm.output[1:])):
+            rewrite[norm.output[0]] = types.get(norm.input[4])
+            continue
+        which, shape = next((w, s) for w, s in zip(STATISTICS, shapes) if len(s) != 1)
+        raise StatisticsError(
+            f"node '{norm.name or norm.output[0]}' (operator BatchNormalization): its {which} has "
+            f"shape {shape}, and a batch norm's scale, bias, mean and var are 1-D, one value per "
+            "channel (onnxruntime refuses other shapes too); export them 1-D")
+    if not rewrite:
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    nodes = []
+    for node in copy.graph.node:
+        if node.op_type == "BatchNormalization" and node.output[0] in rewrite:
+            nodes.extend(_arithmetic(node, rewrite[node.output[0]], copy.graph))
+        else:
+            nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy
+
+
+def _arithmetic(norm, elem_type, graph):
+    """y = x * a + (bias - mean * a), a = scale / sqrt(var + epsilon): the
+    batch norm as nodes whose inputs broadcast (onnxruntime's order)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    x, scale, bias, mean, var = norm.input
+    base = f"{norm.name or norm.output[0]}.per_activation"
+    eps = f"{base}.epsilon"
+    graph.initializer.append(numpy_helper.from_array(
+        np.array(_attribute(norm, "epsilon", DEFAULT_EPSILON),
+                 dtype=helper.tensor_dtype_to_np_dtype(elem_type or TensorProto.FLOAT)), eps))
+    step = [f"{base}.{i}" for i in range(5)]
+    return [helper.make_node("Add", [var, eps], [step[0]]),
+            helper.make_node("Sqrt", [step[0]], [step[1]]),
+            helper.make_node("Div", [scale, step[1]], [step[2]]),
+            helper.make_node("Mul", [mean, step[2]], [step[3]]),
+            helper.make_node("Sub", [bias, step[3]], [step[4]]),
+            helper.make_node("Mul", [x, step[2]], [f"{base}.scaled"]),
+            helper.make_node("Add", [f"{base}.scaled", step[4]], [norm.output[0]])]

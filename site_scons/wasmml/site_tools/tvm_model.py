@@ -1,7 +1,8 @@
 """SCons tool `tvm_model`: compiles an ONNX model with Apache TVM for wasm32.
 
 Builder `TVMModel(target_dir, model_json)` reads the model's metadata
-(`model.json`: the ONNX file, labels, input shapes) and makes, in target_dir:
+(`model.json`: the ONNX file, labels, input shapes; checked by
+wasmml.model_json, see docs/model-json.md) and makes, in target_dir:
 
     lib<NAME>.a         the kernels, a wasm32 static archive with symbol index
     <NAME>.plan.json    the static execution plan (see rust/runtime)
@@ -48,7 +49,6 @@ three can be set for one model from the command line: NAME.OPTION=VALUE):
 TVM and onnx are imported only by the compile command, a separate process.
 """
 
-import json
 import os
 import sys
 
@@ -57,14 +57,15 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Util
 
-from wasmml import buildlock, buildstate, compile_model, staging, toolchain
+from wasmml import buildlock, buildstate, compile_model, model_json, staging, toolchain
 
 _WASMML_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 # the compiler's code: a change to any of it recompiles every model
 COMPILER_SOURCES = [COMPILER] + [os.path.join(_WASMML_DIR, module)
                                for module in ("winograd.py", "pointwise.py", "packed_conv.py",
-                                              "schedule_blocks.py", "fold_batch_norm.py")]
+                                              "schedule_blocks.py", "fold_batch_norm.py",
+                                              "model_json.py")]
 TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
 TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
 
@@ -88,19 +89,23 @@ TUNECOM = (
 
 
 def read_model_json(node):
-    """The metadata of a model.json node, with a clear error if unreadable."""
-    path = str(node.srcnode().abspath) if node.srcnode().exists() else str(node.abspath)
+    """The metadata of a model.json node, checked against the format
+    (wasmml.model_json): an error is a UserError, which scons prints as one
+    line and exits non-zero. A file it names (labels) may be a source or
+    built by the build."""
+    src = node.srcnode()
+    path = src.abspath if src.exists() else node.abspath
+
+    def file_exists(name):
+        named = node.File(name)
+        return (named.has_builder() or named.srcnode().has_builder()
+                or os.path.exists(named.abspath) or os.path.exists(named.srcnode().abspath))
+
     try:
-        with open(path) as f:
-            meta = json.load(f)
-    except OSError as e:
-        raise SCons.Errors.UserError(f"{path}: cannot read model metadata ({e.strerror})")
-    except ValueError as e:
-        raise SCons.Errors.UserError(f"{path}: model metadata is not valid JSON ({e})")
-    for key in ("name", "onnx"):
-        if not isinstance(meta.get(key), str):
-            raise SCons.Errors.UserError(f"{path}: model metadata needs a '{key}' string")
-    return meta
+        # named from the top directory, as the compile's command line names it
+        return model_json.load(path, shown_as=src.get_path(src.fs.Top), file_exists=file_exists)
+    except model_json.ModelJsonError as e:
+        raise SCons.Errors.UserError(str(e))
 
 
 def _emitter(target, source, env):
