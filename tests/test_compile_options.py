@@ -12,9 +12,11 @@ pytestmark = pytest.mark.usefixtures("project")
 
 
 def relu_model(path, name):
+    """A dynamic batch dim, N: model.json sets it to 1, and TVM_INPUT_SHAPES
+    may set it to another (a static dim it may not contradict)."""
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], name,
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8])])
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8),
               path / f"{name}.onnx")
     (path / f"{name}.json").write_text(json.dumps({

@@ -65,11 +65,13 @@ def wheel(tmp_path_factory):
 @pytest.fixture(scope="module")
 def user_venv(wheel, tmp_path_factory):
     """A fresh venv outside the checkout with the wheel installed, as
-    `pip install wasm-ml` would make it."""
+    `pip install wasm-ml` would make it; the versions it resolves are held
+    to requirements.txt's, so the run is the one this checkout was tested with."""
     venv = tmp_path_factory.mktemp("user") / "venv"
     base_python = getattr(sys, "_base_executable", None) or shutil.which("python3")
     _run([base_python, "-m", "venv", venv], env=_user_environment())
-    _run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel],
+    _run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
+          "-c", REPO / "requirements.txt", wheel],
          env=_user_environment())
     return venv
 
@@ -151,3 +153,15 @@ def test_a_model_edit_recompiles_the_model_and_relinks(project):
     onnx.save(model, path)
     assert _ran(scons()) == {"iris", "iris.wasm"}
     _assert_matches_onnxruntime(top)
+
+
+def test_the_tools_load_in_each_usual_scons_way(user_venv, tmp_path):
+    (tmp_path / "SConstruct").write_text(
+        "import wasmml\n"
+        "by_object = Environment(tools=[wasmml.tvm_model, wasmml.cargo_wasm])\n"
+        "by_object.Tool(wasmml.wascap_sign)\n"
+        "by_name = Environment(tools=['tvm_model', 'cargo_wasm', 'wascap_sign'], toolpath=[wasmml.TOOLPATH])\n"
+        "for env in (by_object, by_name):\n"
+        "    print(all(hasattr(env, m) for m in ('TVMModel', 'TVMTune', 'CargoWasm', 'WascapSign')))\n")
+    log = _run([user_venv / "bin" / "scons", "-Q", "-n"], cwd=tmp_path, env=_user_environment()).stdout
+    assert log.split("\n")[:2] == ["True", "True"], log
