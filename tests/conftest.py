@@ -19,6 +19,15 @@ SCONS = Path(sys.executable).with_name("scons")  # the venv's, beside its python
 BUILD_TIMEOUT = 600
 
 
+def model_input(model):
+    """The graph input of a model with one input (not its weights, which
+    IR < 4 models list among the inputs too)."""
+    weights = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    assert len(inputs) == 1, [i.name for i in inputs]
+    return inputs[0]
+
+
 def save_model(directory, name, model, input_shape):
     """Writes `model` (one float32 input) as directory/NAME.onnx with the
     model.json that builds it; returns the model.json's path."""
@@ -28,7 +37,7 @@ def save_model(directory, name, model, input_shape):
 
     directory.mkdir()
     onnx.save(model, directory / f"{name}.onnx")
-    input_name = model.graph.input[0].name
+    input_name = model_input(model).name
     (directory / "model.json").write_text(json.dumps({
         "name": name, "onnx": f"{name}.onnx",
         "inputs": {input_name: {"shape": input_shape, "dtype": "float32"}},
@@ -36,21 +45,28 @@ def save_model(directory, name, model, input_shape):
     return directory / "model.json"
 
 
-def assert_matches_onnxruntime(run_wasm, wasm, model, io):
+def assert_matches_onnxruntime(run_wasm, wasm, model, io, atol=1e-4, rtol=0.0):
     """Runs run-model.wasm on a seeded random input written to `io` (a new
-    directory) and compares its output with onnxruntime's on `model`."""
+    directory) and compares each of its outputs with onnxruntime's on
+    `model`. atol may be a function of onnxruntime's output (a tolerance
+    relative to its scale). Returns the largest |difference| of each output."""
     import numpy as np
     import onnxruntime
 
     io.mkdir()
-    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    inp = model_input(model)
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
     x = np.random.default_rng(3).standard_normal(shape, dtype=np.float32)
     x.tofile(io / "input_0.bin")
     run_wasm(wasm, io)
-    expected = onnxruntime.InferenceSession(model.SerializeToString(),
-                                            providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    got = np.fromfile(io / "output_0.bin", dtype=np.float32).reshape(expected.shape)
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    diffs = []
+    for i, expected in enumerate(session.run(None, {inp.name: x})):
+        got = np.fromfile(io / f"output_{i}.bin", dtype=expected.dtype).reshape(expected.shape)
+        np.testing.assert_allclose(got, expected, atol=atol(expected) if callable(atol) else atol,
+                                   rtol=rtol, err_msg=f"output {i}")
+        diffs.append(float(np.max(np.abs(got.astype(np.float64) - expected))))
+    return diffs
 
 
 def tuning_records(db):

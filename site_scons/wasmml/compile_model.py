@@ -305,7 +305,8 @@ def initializers_not_inputs(model):
     """A copy of the model without the graph inputs that have an initializer
     (IR < 4, or keep_initializers_as_inputs exports): they are weights. TVM's
     importer makes each such input a parameter of main as well as a weight,
-    so main's parameters would no longer be the inputs, then the weights."""
+    so main's parameters would no longer be the inputs, then the weights.
+    The copy is IR 4 at least, which lets initializers be no inputs."""
     import onnx
 
     initializers = {t.name for t in model.graph.initializer}
@@ -316,6 +317,7 @@ def initializers_not_inputs(model):
     inputs = [i for i in copy.graph.input if i.name not in initializers]
     del copy.graph.input[:]
     copy.graph.input.extend(inputs)
+    copy.ir_version = max(copy.ir_version, 4)
     return copy
 
 

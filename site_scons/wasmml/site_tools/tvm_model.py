@@ -30,7 +30,8 @@ three can be set for one model from the command line: NAME.OPTION=VALUE):
                          "prepack" (fold-fuse, and the weights rewritten at
                          build time into the layout the tuned kernels read)
                          or "default" (TVM's own)
-    TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json
+    TVM_INPUT_SHAPES     list of "NAME=D0,D1,..." overriding model.json; it
+                         sets dynamic dims and may not contradict static ones
     TVM_TUNING           "on" (default): apply the model's tuning database
                          if it has one; "off": TVM's untuned kernels
     TUNE_TRIALS          trials per kernel for TVMTune (default 64)
