@@ -210,8 +210,8 @@ def _nhwc(mod, stages=None):
     packed in blocks of outputs (pointwise.py).
 
     A graph without convolutions is left as it is. Where TVM's ConvertLayout
-    fails (seen on a max over a stacked axis), the graph keeps its layout:
-    the build is slower, not wrong, and its log says so."""
+    fails (seen on a Dropout whose mask the graph reads), the graph keeps
+    its layout: the build is slower, not wrong, and its log says so."""
     from tvm import relax
 
     from wasmml import packed_conv, pointwise, winograd

@@ -11,7 +11,8 @@ the same kernel (onnxruntime's ConvBNFusion does the same at load time).
 Folded only where that is exact: the convolution's output feeds nothing but
 the batch norm, and the weights and statistics are initializers.
 
-Used by compile_model.py before TVM imports the model.
+Used by compile_model.py before TVM imports the model, after
+per_activation_as_arithmetic (batch norms whose statistics are not 1-D).
 """
 
 DEFAULT_EPSILON = 1e-5  # ONNX BatchNormalization's default
@@ -141,38 +142,46 @@ STATISTICS = ("scale", "bias", "mean", "var")
 def per_activation_as_arithmetic(model, infer_shapes):
     """A copy of the model whose per-activation batch norms (opset < 9,
     spatial=0: statistics shaped like one sample, [C, H, W]) are arithmetic
-    nodes, which broadcast them as onnxruntime does: TVM's batch_norm takes
-    1-D statistics only. A spatial batch norm with statistics of any other
-    rank than 1 is refused by onnxruntime too: StatisticsError names it.
-    infer_shapes(model) -> {name: (elem_type, dims)}, called only if needed."""
+    nodes, as onnxruntime computes them; TVM's batch_norm takes only 1-D
+    statistics. Statistics of other shapes, which onnxruntime refuses too,
+    raise StatisticsError naming the node. infer_shapes(model): {name: (elem_type, dims)}."""
     import onnx
 
     graph = model.graph
     norms = [n for n in graph.node if _is_standard(n, "BatchNormalization") and len(n.input) == 5]
     if not norms:
         return model
-    dims = {t.name: list(t.dims) for t in graph.initializer}
-    types = {t.name: t.data_type for t in graph.initializer}
-    if any(name not in dims for n in norms for name in n.input[1:]):
-        for name, (elem_type, d) in infer_shapes(model).items():
-            dims.setdefault(name, d)
-            types.setdefault(name, elem_type)
+    known = {t.name: (t.data_type, list(t.dims)) for t in graph.initializer}
+    inferred = []
+
+    def dims(name):
+        if name not in known and not inferred:
+            inferred.append(True)
+            known.update((k, v) for k, v in infer_shapes(model).items() if k not in known)
+        return known.get(name, (None, None))[1]
+
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
     rewrite = {}
     for norm in norms:
-        shapes = [dims.get(name) for name in norm.input[1:]]
+        shapes = [dims(name) for name in norm.input[1:]]
         if any(s is None for s in shapes) or all(len(s) == 1 for s in shapes):
             continue  # 1-D, or not known here: TVM's importer decides
-        if (opset < 9 and _attribute(norm, "spatial", 1) == 0
-                and not any(o in read for o in norm.output[1:])):
-            rewrite[norm.output[0]] = types.get(norm.input[4])
-            continue
-        which, shape = next((w, s) for w, s in zip(STATISTICS, shapes) if len(s) != 1)
+        if opset < 9 and _attribute(norm, "spatial", 1) == 0:  # per activation
+            data = dims(norm.input[0])
+            if data is None or None in data or any(o in read for o in norm.output[1:]):
+                continue  # TVM's importer decides
+            wanted, fits = f"statistics shaped like one sample ({data[1:]})", lambda s: s == data[1:]
+            if all(fits(s) for s in shapes):
+                rewrite[norm.output[0]] = known[norm.input[4]][0]
+                continue
+        else:
+            wanted, fits = "1-D statistics, one value per channel", lambda s: len(s) == 1
+        which, shape = next((w, s) for w, s in zip(STATISTICS, shapes) if not fits(s))
         raise StatisticsError(
             f"node '{norm.name or norm.output[0]}' (operator BatchNormalization): its {which} has "
-            f"shape {shape}, and a batch norm's scale, bias, mean and var are 1-D, one value per "
-            "channel (onnxruntime refuses other shapes too); export them 1-D")
+            f"shape {shape}, and the operator takes {wanted}, in onnxruntime too: "
+            "export the statistics in that shape")
     if not rewrite:
         return model
     copy = onnx.ModelProto()
