@@ -63,6 +63,7 @@ class Pool:
         try:
             return instance.call(op, payload)
         except Trapped:
+            instance.close()  # a trapped instance is discarded, and must free its memory
             instance = self._replace()
             raise
         finally:
