@@ -52,11 +52,6 @@ def workspace_root(crate_dir):
         d = parent
 
 
-def lock_file(crate_dir):
-    """The Cargo.lock cargo uses for the crate: its workspace's, or its own."""
-    return os.path.join(workspace_root(crate_dir) or os.path.abspath(crate_dir), "Cargo.lock")
-
-
 def _dependency_specs(data):
     """(name, spec) of every dependency a manifest declares, in any table,
     target-specific ones included."""
@@ -109,15 +104,16 @@ class Crate:
     def __init__(self, crate_dir):
         self.dir = os.path.abspath(crate_dir)
         self.root = workspace_root(self.dir)
-        self.lock = lock_file(self.dir)
+        # the workspace's Cargo.lock, or the crate's own
+        self.lock = os.path.join(self.root or self.dir, "Cargo.lock")
         self.patched = set()
+        self.manifests = {}  # crate directory -> its parsed Cargo.toml
         self.inputs = self._scan()
-        self.default_bin = self._default_bin()
+        self.default_bin = self._default_bin(self.manifests[self.dir])
 
-    def _default_bin(self):
+    def _default_bin(self, data):
         """The binary cargo builds when there is one: the only [[bin]], else
         the package's name (cargo's own default)."""
-        data = read_toml(os.path.join(self.dir, "Cargo.toml"))
         bins = [b.get("name") for b in data.get("bin", []) if isinstance(b, dict)]
         if len(bins) == 1 and bins[0]:
             return bins[0]
@@ -142,7 +138,7 @@ class Crate:
             manifest = os.path.join(d, "Cargo.toml")
             if not os.path.isfile(manifest):
                 raise CrateError(f"{manifest}: crate manifest not found")
-            data = read_toml(manifest)
+            data = self.manifests[d] = read_toml(manifest)
             files += _crate_files(d)
             pending += _path_dependencies(manifest, data, workspace_deps)
             for name in _registry_uses(data, workspace_deps):

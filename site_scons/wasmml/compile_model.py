@@ -328,8 +328,10 @@ def dropouts_as_identity(model):
     tuple that ConvertLayout cannot move to NHWC."""
     import onnx
 
+    from wasmml.fold_batch_norm import names_read
+
     graph = model.graph
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    read = names_read(graph)
 
     def inference(node):
         return (node.op_type == "Dropout" and node.domain in ("", "ai.onnx")

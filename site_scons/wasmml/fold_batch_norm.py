@@ -118,11 +118,16 @@ def _attribute(node, name, default):
     return default
 
 
+def names_read(graph):
+    """Every tensor name that a node of the graph reads or the graph outputs."""
+    return {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+
+
 def _drop_unread(graph, replaced):
     """Removes the initializers among `replaced` that no node reads any more
     (a weight may be shared with a convolution that was not folded), and,
     for IR < 4, their entries among the graph's inputs."""
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    read = names_read(graph)
     unused = {name for name in replaced if name and name not in read}
     kept = [t for t in graph.initializer if t.name not in unused]
     del graph.initializer[:]
@@ -161,7 +166,7 @@ def per_activation_as_arithmetic(model, infer_shapes):
         return known.get(name, (None, None))[1]
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    read = names_read(graph)
     rewrite = {}
     for norm in norms:
         shapes = [dims(name) for name in norm.input[1:]]

@@ -103,16 +103,22 @@ _started = {}  # target path -> when its cargo step began
 _said_toolchain = []  # the toolchain line is printed once a build
 
 
+def _crate_and_registry(env):
+    """(the crate, (registry, why)) of the builder call `env` belongs to;
+    a UserError if either cannot be had."""
+    crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
+    try:
+        return crate, cargo_project.choose_registry(env.subst("$CARGO_REGISTRY"))
+    except cargo_project.CrateError as e:
+        raise SCons.Errors.UserError(str(e))
+
+
 def _start(target, source, env):
     """Checks what cargo will need before it runs, and says once a build
     which cargo, rustc and registry it is."""
     if env.get("CARGO_TOOLCHAIN_ERROR"):
         raise SCons.Errors.UserError(env["CARGO_TOOLCHAIN_ERROR"])
-    crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
-    try:
-        registry, why = cargo_project.choose_registry(env.subst("$CARGO_REGISTRY"))
-    except cargo_project.CrateError as e:
-        raise SCons.Errors.UserError(str(e))
+    crate, (_, why) = _crate_and_registry(env)
     if not os.path.isfile(crate.lock):
         raise SCons.Errors.UserError(
             f"{os.path.relpath(crate.lock)}: missing (cargo runs --locked, so builds are "
@@ -132,9 +138,8 @@ def _source_flags(target, source, env, for_signature):
     if for_signature:
         return []
     try:
-        crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
-        registry, _ = cargo_project.choose_registry(env.subst("$CARGO_REGISTRY"))
-    except (SCons.Errors.UserError, cargo_project.CrateError):
+        crate, (registry, _) = _crate_and_registry(env)
+    except SCons.Errors.UserError:
         return []  # _start reports it before cargo runs
     config = cargo_project.config_file(crate, registry, os.path.join(env.Dir("$CARGO_TARGET_DIR").abspath,
                                                                      "wasmml"))
