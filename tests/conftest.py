@@ -1,5 +1,10 @@
-"""Shared fixtures: run the test SCons project (tests/project/SConstruct) and
-run built WASI modules under wasmtime (tools/wasmrun.py).
+"""Shared fixtures: build the project in a checkout of the tests' own, run
+the test SCons project (tests/project/SConstruct), and run built WASI
+modules under wasmtime (tools/wasmrun.py).
+
+No test builds in this repository's own top directory: its build/, keys/
+and SCons state are the user's, and a test that signed the actor there
+with throwaway keys left the user's host refusing it.
 
 Every scons run of a session uses one cargo target dir, so the Rust
 dependencies are compiled once. Test projects link without LTO
@@ -88,10 +93,39 @@ def python():
 
 
 @pytest.fixture(scope="session")
-def cargo_target_dir():
-    """The root project's own cargo target dir: the crates' flags do not
-    depend on the project, so test projects reuse its compiled dependencies."""
-    return REPO / "build" / "cargo"
+def cargo_target_dir(tmp_path_factory):
+    """One cargo target dir for every build of the session: the crates'
+    flags do not depend on the project, so each build reuses the compiled
+    dependencies of the ones before."""
+    return tmp_path_factory.mktemp("cargo-target")
+
+
+# What a checkout needs of this repository: its sources, never its state.
+CHECKOUT_SOURCES = ("SConstruct", "site_scons", "models", "apps", "rust", "tools")
+
+
+@pytest.fixture(scope="session")
+def checkout(tmp_path_factory):
+    """The project as a user has it, in a directory of the tests' own: its
+    sources are links to this repository's, its build/, keys/ and
+    .sconsign are its own."""
+    top = tmp_path_factory.mktemp("checkout")
+    for name in CHECKOUT_SOURCES:
+        (top / name).symlink_to(REPO / name)
+    return top
+
+
+@pytest.fixture(scope="session")
+def checkout_scons(checkout, cargo_target_dir):
+    """checkout_scons(*args, env=None, **run_args): runs the project's own
+    SConstruct in the checkout; returns the CompletedProcess (check=True)."""
+    def run(*args, env=None, **run_args):
+        run_args.setdefault("check", True)
+        run_args.setdefault("timeout", BUILD_TIMEOUT)
+        return subprocess.run([sys.executable, "-m", "SCons", *map(str, args),
+                               f"CARGO_TARGET_DIR={cargo_target_dir}"],
+                              cwd=checkout, env=dict(os.environ, **(env or {})), **run_args)
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -144,13 +178,13 @@ def actor_keys():
 
 
 @pytest.fixture(scope="session")
-def actor(actor_keys, tmp_path_factory):
+def actor(actor_keys, checkout, checkout_scons, tmp_path_factory):
     """The signed waSCC actor, built by the project's own SConstruct
-    (`scons wascc`) and copied out, with its unsigned module beside it, so
-    that later builds in the repository do not change it under the tests."""
-    subprocess.run([sys.executable, "-m", "SCons", "-Q", "wascc"], cwd=REPO, check=True,
-                   env=dict(os.environ, **actor_keys), timeout=BUILD_TIMEOUT)
+    (`scons wascc`) in the tests' checkout and copied out, with its unsigned
+    module beside it, so that later builds there do not change it under
+    the tests."""
+    checkout_scons("-Q", "wascc", env=actor_keys)
     out = tmp_path_factory.mktemp("actor")
     for name in ("classify_actor.wasm", "classify_actor.unsigned.wasm"):
-        shutil.copyfile(REPO / "build" / "wascc" / name, out / name)
+        shutil.copyfile(checkout / "build" / "wascc" / name, out / name)
     return out / "classify_actor.wasm"

@@ -1,22 +1,20 @@
 """The build itself: a no-op build runs nothing and never imports TVM or
 onnx; `scons -h` documents the targets and variables."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def scons(*args):
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "SCons", *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 @pytest.fixture(scope="module")
-def built():
+def scons(checkout_scons):
+    """scons(*args): the project's build in the tests' checkout, logging its imports."""
+    def run(*args):
+        return checkout_scons(*args, env={"PYTHONPROFILEIMPORTTIME": "1"}, check=False,
+                              capture_output=True, text=True)
+    return run
+
+
+@pytest.fixture(scope="module")
+def built(scons):
     out = scons("-Q", "wasi", "run-model")
     assert out.returncode == 0, out.stderr
 
@@ -26,7 +24,7 @@ def imported_modules(importtime_log):
             for line in importtime_log.splitlines() if line.startswith("import time:")}
 
 
-def test_no_op_build_runs_nothing_and_imports_no_tvm(built):
+def test_no_op_build_runs_nothing_and_imports_no_tvm(built, scons):
     out = scons("-Q", "wasi", "run-model")
     assert out.returncode == 0, out.stderr
     assert "is up to date" in out.stdout
@@ -36,7 +34,7 @@ def test_no_op_build_runs_nothing_and_imports_no_tvm(built):
     assert not {"tvm", "tvm_ffi", "onnx", "onnxruntime", "numpy"} & modules
 
 
-def test_help_lists_targets_and_variables():
+def test_help_lists_targets_and_variables(scons):
     out = scons("-h")
     assert out.returncode == 0, out.stderr
     for word in ("wasi", "run-wasi", "digits", "models", "TVM_TARGET_FEATURES", "TVM_PIPELINE",

@@ -4,27 +4,23 @@ held-out test split, the wasm module's answers equal onnxruntime's."""
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-IMAGES = REPO / "build" / "test-digit-images"
-
 
 @pytest.fixture(scope="module")
-def built():
-    subprocess.run([sys.executable, "-m", "SCons", "-Q", "digits"], cwd=REPO, check=True)
-    subprocess.run([sys.executable, "models/digits/make_images.py", str(IMAGES)], cwd=REPO,
-                   check=True, capture_output=True)
-    return REPO / "build/digits/digits.wasm"
+def built(checkout, checkout_scons):
+    checkout_scons("-Q", "digits")
+    subprocess.run([sys.executable, "models/digits/make_images.py", "build/test-digit-images"],
+                   cwd=checkout, check=True, capture_output=True)
+    return checkout / "build/digits/digits.wasm"
 
 
-def onnxruntime_predictions(images):
-    session = onnxruntime.InferenceSession(str(REPO / "build/models/digits/digits.onnx"),
+def onnxruntime_predictions(images, top):
+    session = onnxruntime.InferenceSession(str(top / "build/models/digits/digits.onnx"),
                                            providers=["CPUExecutionProvider"])
     predictions = []
     for image in images:
@@ -34,15 +30,15 @@ def onnxruntime_predictions(images):
     return predictions
 
 
-def test_wasm_matches_onnxruntime_on_the_test_split(built):
-    images = sorted(IMAGES.glob("*.png"))
+def test_wasm_matches_onnxruntime_on_the_test_split(built, checkout):
+    images = sorted((checkout / "build" / "test-digit-images").glob("*.png"))
     assert len(images) == 297
-    out = subprocess.run([sys.executable, "tools/wasmrun.py", "--dir", ".", str(built.relative_to(REPO)),
-                          *(str(p.relative_to(REPO)) for p in images)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "tools/wasmrun.py", "--dir", ".", str(built.relative_to(checkout)),
+                          *(str(p.relative_to(checkout)) for p in images)],
+                         cwd=checkout, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     wasm = [line.rsplit(": ", 1)[1] for line in out.stdout.splitlines()]
-    assert wasm == onnxruntime_predictions(images)
+    assert wasm == onnxruntime_predictions(images, checkout)
     truth = [p.stem.split("_")[1] for p in images]
     accuracy = np.mean([w == t for w, t in zip(wasm, truth)])
     assert accuracy > 0.9, accuracy

@@ -78,15 +78,22 @@ REGRESSIONS = []
 
 
 @pytest.fixture(scope="module")
-def classify():
-    subprocess.run([sys.executable, "-m", "SCons", "-Q", "wasi"], cwd=REPO, check=True)
-    return REPO / "build" / "wasi" / "classify.wasm"
+def classify(checkout, checkout_scons):
+    checkout_scons("-Q", "wasi")
+    return checkout / "build" / "wasi" / "classify.wasm"
+
+
+def top_of(wasm):
+    """The checkout a built build/APP/NAME.wasm is in."""
+    return wasm.parents[2]
 
 
 def classify_all(wasm, files):
-    """Runs classify once on every file; returns {file: answer or error}."""
+    """Runs classify once on every file (paths relative to its checkout);
+    returns {file: answer or error}."""
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "wasmrun.py"), "--dir", ".",
-                           str(wasm), *files], cwd=REPO, capture_output=True, text=True, timeout=600)
+                           str(wasm), *files], cwd=top_of(wasm), capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "panicked" not in proc.stderr and "wasm backtrace" not in proc.stderr, proc.stderr[-2000:]
     answers = {}
@@ -101,13 +108,13 @@ def classify_all(wasm, files):
 
 
 def check_decoding(wasm, cases, tag):
-    work = REPO / "build" / "test-fuzz-images"
+    work = top_of(wasm) / "build" / "test-fuzz-images"
     work.mkdir(parents=True, exist_ok=True)
     files = []
     for i, (fmt, edits) in enumerate(cases):
         path = work / f"{tag}-{i}.{fmt}"
         path.write_bytes(mutate(SEEDS[fmt], edits))
-        files.append(str(path.relative_to(REPO)))
+        files.append(str(path.relative_to(top_of(wasm))))
     answers = classify_all(wasm, [*files, "models/images/coffee.png"])
     # every file gets exactly its answer, and the good photo still its label
     assert sorted(answers) == sorted([*files, "models/images/coffee.png"])

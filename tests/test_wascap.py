@@ -113,28 +113,33 @@ def test_claims(actor):
     assert "exp" not in claims  # a build does not expire
 
 
-def test_keys_are_generated_once_outside_the_build_tree_and_never_shown(tmp_path):
+def test_keys_are_generated_once_outside_the_build_tree_and_never_shown(tmp_path, checkout,
+                                                                      cargo_target_dir):
     """Without seeds in the environment, the build generates keys in the
-    keys dir (mode 0600), reuses them, and never prints or stores a seed."""
+    keys dir (mode 0600, in a directory only the user can enter), reuses
+    them, and never prints or stores a seed."""
     keys = tmp_path / "keys"
     env = {k: v for k, v in os.environ.items() if not k.startswith("WASCC_")}
-    cmd = [sys.executable, "-m", "SCons", "wascc", f"WASCC_KEYS_DIR={keys}"]
-    first = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    cmd = [sys.executable, "-m", "SCons", "wascc", f"WASCC_KEYS_DIR={keys}",
+           f"CARGO_TARGET_DIR={cargo_target_dir}"]
+    first = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, check=True)
     seeds = {n: (keys / n).read_text().strip() for n in ("account.nk", "module.nk")}
     assert seeds["account.nk"].startswith("SA") and seeds["module.nk"].startswith("SM")
     assert all((keys / n).stat().st_mode & 0o077 == 0 for n in seeds)
-    actor = REPO / "build" / "wascc" / "classify_actor.wasm"
+    assert keys.stat().st_mode & 0o777 == 0o700, oct(keys.stat().st_mode)
+    actor = checkout / "build" / "wascc" / "classify_actor.wasm"
     claims = json.loads(b64url(token_of(actor.read_bytes()).split(".")[1]))
     assert public_key(claims["iss"], "A").public_bytes_raw() == seed_to_public_bytes(seeds["account.nk"])
 
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    again = subprocess.run(cmd, cwd=checkout, env=env, capture_output=True, text=True, check=True)
     assert "Signing" not in again.stdout, "same keys, same module: nothing to sign"
     assert {n: (keys / n).read_text().strip() for n in seeds} == seeds
 
     # -n: what `scons -c` would remove, without removing the shared builds
-    cleaned = subprocess.run(cmd + ["-c", "-n"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    cleaned = subprocess.run(cmd + ["-c", "-n"], cwd=checkout, env=env, capture_output=True, text=True,
+                             check=True)
     assert "classify_actor.wasm" in cleaned.stdout and str(keys) not in cleaned.stdout, "-c keeps the keys"
-    stored = [*(REPO / "build" / "wascc").iterdir(), *REPO.glob(".sconsign*")]
+    stored = [*(checkout / "build" / "wascc").iterdir(), *checkout.glob(".sconsign*")]
     for seed in seeds.values():
         for out in (first, again, cleaned):
             assert seed not in out.stdout + out.stderr

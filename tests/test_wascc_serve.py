@@ -208,12 +208,14 @@ def test_actor_signed_by_a_stranger_is_refused(actor, actor_keys, tmp_path):
     assert stranger.public_key in err and "not a trusted" in err
 
 
-def test_scons_serve_serves_the_built_actor_until_ctrl_c(actor, actor_keys):
+def test_scons_serve_serves_the_built_actor_until_ctrl_c(actor, actor_keys, checkout, cargo_target_dir):
     """The documented command: `scons serve PORT=...` builds (nothing to do
-    here) and serves; Ctrl-C, sent to the whole process group as a terminal
-    does, stops the host without a traceback."""
+    here, in the checkout the actor was built in) and serves; Ctrl-C, sent
+    to the whole process group as a terminal does, stops the host without a
+    traceback."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "SCons", "-Q", "serve", f"PORT={port}"], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "SCons", "-Q", "serve", f"PORT={port}",
+                             f"CARGO_TARGET_DIR={cargo_target_dir}"], cwd=checkout,
                             env=dict(os.environ, **actor_keys), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -1,14 +1,21 @@
-"""Throughput and latency of the waSCC actor behind the project's host.
+"""Throughput and latency of the waSCC actor behind the project's host,
+side by side with the host of an earlier revision, in one run.
 
     .venv/bin/python tools/bench_wascc.py [--actor build/wascc/classify_actor.wasm]
-        [--image models/images/chelsea.png] [--requests 40] [--clients 1,4] [--instances N]
+        [--image models/images/chelsea.png] [--requests 60] [--clients 1,4,32]
+        [--instances N] [--baseline REV]
 
-Builds the actor and the WASI command if needed, starts the host (wasmml.wascc_host) on a free loopback port, checks that
-the photo's answer is the one the WASI command gives, warms every instance
-up, then for each client count sends --requests PUTs of the photo from
-that many concurrent clients (one HTTP connection per request, as curl
-does) and prints requests per second and the median and p99 latency. All
-rows come from one run, on the same host process.
+Builds the actor and the WASI command if needed, then starts two hosts on
+free loopback ports: this tree's (wasmml.wascc_host) and the one at git
+revision --baseline (extracted with `git archive`), serving the same
+actor with the same options. It checks that both answer the photo as the
+WASI command does and warms every instance up. Then, for each client count
+with keep-alive (one connection per client, reused) and without (a new
+connection per request, as curl does), it sends --requests PUTs of the photo
+to each host in turn and prints requests per second and the median and p99
+latency of both, and their ratio. Client i connects from 127.0.0.(10+i), so
+a per-client connection limit does not turn them away. Each host's RSS is
+printed before and after.
 """
 import argparse
 import concurrent.futures
@@ -19,19 +26,25 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# the host before issue 24's HTTP work (http.server, two writes a response)
+DEFAULT_BASELINE = "02feaef"
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--actor", default=str(REPO / "build/wascc/classify_actor.wasm"))
     p.add_argument("--image", default=str(REPO / "models/images/chelsea.png"))
-    p.add_argument("--requests", type=int, default=40)
-    p.add_argument("--clients", default="1,4")
+    p.add_argument("--requests", type=int, default=60, help="PUTs per row and host")
+    p.add_argument("--clients", default="1,4,32")
     p.add_argument("--instances", type=int, default=os.cpu_count())
+    p.add_argument("--baseline", default=DEFAULT_BASELINE, metavar="REV",
+                   help=f"git revision of the host to compare with (default: {DEFAULT_BASELINE})")
     return p.parse_args()
 
 
@@ -41,43 +54,83 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_host(actor, port, instances):
-    env = dict(os.environ, PYTHONPATH=str(REPO / "site_scons"))
-    proc = subprocess.Popen([sys.executable, "-m", "wasmml.wascc_host", actor, "--port", str(port),
-                             "--instances", str(instances), "--quiet",
-                             "--keys-dir", str(REPO / "keys")],
-                            env=env, stdout=subprocess.PIPE, text=True)
-    banner = proc.stdout.readline()
-    if not banner.startswith("serving"):
-        proc.wait()
-        sys.exit(f"error: the host did not start (exit {proc.returncode})")
-    return proc
+class Host:
+    """A host process serving `actor`, with its plugin from `site_dir`."""
+
+    def __init__(self, name, site_dir, actor, instances):
+        self.name, self.port = name, free_port()
+        env = dict(os.environ, PYTHONPATH=str(site_dir))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wasmml.wascc_host", actor, "--port", str(self.port),
+             "--instances", str(instances), "--quiet", "--keys-dir", str(REPO / "keys")],
+            env=env, stdout=subprocess.PIPE, text=True)
+        if not self.proc.stdout.readline().startswith("serving"):
+            self.proc.wait()
+            sys.exit(f"error: the {name} host did not start (exit {self.proc.returncode})")
+
+    def rss_mib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            kib = next(line.split()[1] for line in f if line.startswith("VmRSS:"))
+        return int(kib) / 1024
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=30)
 
 
-def put(port, body):
-    start = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        conn.request("PUT", "/", body=body)
-        response = conn.getresponse()
-        answer = response.read()
-    finally:
-        conn.close()
-    return response.status, answer, time.perf_counter() - start
+def baseline_site(rev, scratch):
+    """site_scons/ as it was at `rev`, extracted into `scratch`."""
+    archive = subprocess.run(["git", "archive", rev, "site_scons"], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", scratch], input=archive, check=True)
+    return Path(scratch) / "site_scons"
 
 
-def wasi_answer(image):
-    out = subprocess.run([sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "/",
-                          str(REPO / "build/wasi/classify.wasm"), os.path.abspath(image)],
-                         capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else None
+class Client:
+    """One client: its own source address, and with keep-alive its own connection."""
+
+    def __init__(self, port, index, keep_alive):
+        self.port, self.keep_alive = port, keep_alive
+        self.source = (f"127.0.0.{10 + index}", 0)
+        self.conn = None
+
+    def put(self, body):
+        start = time.perf_counter()
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120,
+                                                   source_address=self.source)
+        try:
+            self.conn.request("PUT", "/", body=body)
+            response = self.conn.getresponse()
+            answer = response.read()
+        finally:
+            if not self.keep_alive:
+                self.conn.close()
+                self.conn = None
+        return response.status, answer, time.perf_counter() - start
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
 
 
-def measure(port, body, clients, requests, expected):
+def measure(port, body, clients, requests, keep_alive, expected):
+    """(requests/s, median ms, p99 ms) of `requests` PUTs from `clients` clients."""
+    pool_clients = [Client(port, i, keep_alive) for i in range(clients)]
+    local = threading.local()
+    counter = iter(range(clients))
+
+    def one(_):
+        if not hasattr(local, "client"):
+            local.client = pool_clients[next(counter)]
+        return local.client.put(body)
+
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         start = time.perf_counter()
-        results = list(pool.map(lambda _: put(port, body), range(requests)))
+        results = list(pool.map(one, range(requests)))
         wall = time.perf_counter() - start
+    for client in pool_clients:
+        client.close()
     wrong = [r for r in results if (r[0], r[1]) != (200, expected)]
     if wrong:
         sys.exit(f"error: {len(wrong)} wrong answers, e.g. {wrong[0][:2]}")
@@ -86,33 +139,64 @@ def measure(port, body, clients, requests, expected):
     return requests / wall, statistics.median(latencies), p99
 
 
+def wasi_answer(image):
+    out = subprocess.run([sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "/",
+                          str(REPO / "build/wasi/classify.wasm"), os.path.abspath(image)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"error: classify.wasm failed: {out.stderr.strip()}")
+    return f'"{out.stdout.strip()}"'.encode()
+
+
+def check_and_warm(host, body, expected, instances):
+    status, answer, _ = Client(host.port, 0, False).put(body)
+    if (status, answer) != (200, expected):
+        sys.exit(f"error: the {host.name} host answered {status} {answer!r}, classify.wasm {expected!r}")
+    # every instance used once (the first use builds the classifier's session)
+    measure(host.port, body, instances, instances * 2, False, expected)
+
+
 def main():
     args = parse_args()
     body = Path(args.image).read_bytes()
     # Up to date, and signed with the keys the host trusts (keys/).
     subprocess.run([sys.executable, "-m", "SCons", "-Q", "wascc", "wasi"], cwd=REPO, check=True)
-    port = free_port()
-    host = start_host(args.actor, port, args.instances)
-    try:
-        status, expected, _ = put(port, body)
-        if status != 200:
-            sys.exit(f"error: the actor answered {status}: {expected!r}")
-        wasi = wasi_answer(args.image)
-        print(f"actor answers {expected.decode()}; classify.wasm says {wasi!r}")
-        if wasi is not None and expected.decode() != f'"{wasi}"':
-            sys.exit("error: the actor and the WASI command disagree")
-        # warm every instance (first use builds the classifier's session)
-        measure(port, body, args.instances, args.instances * 2, expected)
-        print(f"\n{args.requests} PUTs of {Path(args.image).name} ({len(body)} bytes) per row, "
-              f"{args.instances} actor instances, {os.cpu_count()} cores\n")
-        print("| clients | requests/s | median latency (ms) | p99 latency (ms) |")
-        print("| --- | --- | --- | --- |")
-        for clients in map(int, args.clients.split(",")):
-            rps, median, p99 = measure(port, body, clients, args.requests, expected)
-            print(f"| {clients} | {rps:.2f} | {median:.0f} | {p99:.0f} |", flush=True)
-    finally:
-        host.send_signal(signal.SIGINT)
-        host.wait(timeout=30)
+    expected = wasi_answer(args.image)
+    with tempfile.TemporaryDirectory() as scratch:
+        hosts = [Host(f"baseline ({args.baseline})", baseline_site(args.baseline, scratch),
+                      args.actor, args.instances),
+                 Host("this tree's", REPO / "site_scons", args.actor, args.instances)]
+        try:
+            run(args, hosts, body, expected)
+        finally:
+            for host in hosts:
+                host.stop()
+
+
+def run(args, hosts, body, expected):
+    for host in hosts:
+        check_and_warm(host, body, expected, args.instances)
+    rss_before = [host.rss_mib() for host in hosts]
+    old, new = hosts
+    print(f"both hosts answer {expected.decode()}, as classify.wasm does")
+    print(f"{args.requests} PUTs of {Path(args.image).name} ({len(body)} bytes) per cell, "
+          f"{args.instances} actor instances per host, {os.cpu_count()} cores; "
+          f"old: {old.name}, new: {new.name}\n")
+    print("| clients | keep-alive | old req/s | new req/s | new / old | old p50 ms | new p50 ms "
+          "| old p99 ms | new p99 ms |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for clients in map(int, args.clients.split(",")):
+        for keep_alive in (True, False):
+            (old_rps, old_p50, old_p99), (new_rps, new_p50, new_p99) = (
+                measure(host.port, body, clients, args.requests, keep_alive, expected)
+                for host in hosts)
+            print(f"| {clients} | {'yes' if keep_alive else 'no'} | {old_rps:.1f} | {new_rps:.1f} "
+                  f"| {new_rps / old_rps:.2f}x | {old_p50:.0f} | {new_p50:.0f} | {old_p99:.0f} "
+                  f"| {new_p99:.0f} |", flush=True)
+    print()
+    for host, before in zip(hosts, rss_before):
+        print(f"RSS of the {host.name} host: {before:.0f} MiB after warm-up, "
+              f"{host.rss_mib():.0f} MiB at the end")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def decode_public_key(text, kind):
     """The Ed25519 public key of an "A..." (account) or "M..." (module) nkey."""
     body = _decode(text, f"{kind} key {text[:8]}...")
     if len(body) != 33 or _PREFIX_KIND.get(body[0]) != kind:
-        raise WascapError(f"{text[:8]}... is not an {kind} public key")
+        raise WascapError(f"{text[:8]}... is not {_article(kind)} {kind} public key")
     return Ed25519PublicKey.from_public_bytes(body[1:])
 
 
@@ -104,6 +104,10 @@ class KeyPair:
         return f"KeyPair({self.kind}, {self.public_key})"
 
 
+def _article(kind):
+    return "an" if kind == "account" else "a"
+
+
 def _check_kind(kind):
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {sorted(_KINDS)}")
@@ -124,7 +128,8 @@ def _load_key(kind, keys_dir, environ):
         path = os.path.join(keys_dir, f"{kind}.nk")
         pair, where = _read_or_create_seed(kind, path), path
     if pair.kind != kind:
-        raise WascapError(f"{where} holds a {pair.kind} seed, not an {kind} seed")
+        raise WascapError(f"{where} holds {_article(pair.kind)} {pair.kind} seed, not "
+                          f"{_article(kind)} {kind} seed")
     return pair
 
 
@@ -137,7 +142,10 @@ def _read_or_create_seed(kind, path):
     except WascapError as e:
         raise WascapError(f"{path}: {e}") from None
     pair = KeyPair.generate(kind)
-    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    keys_dir = os.path.dirname(path) or "."
+    os.makedirs(keys_dir, mode=0o700, exist_ok=True)
+    if set(os.listdir(keys_dir)) <= {"account.nk", "module.nk"}:  # a directory of keys only
+        os.chmod(keys_dir, 0o700)  # SCons made it 0755 before the action ran
     # O_EXCL: two builds creating keys at once must not overwrite each other
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -233,6 +241,8 @@ def sign_actor(wasm, account, module, *, name, caps, rev=0, ver="0.1.0", tags=()
     $SOURCE_DATE_EPOCH, else now, so a build can be made reproducible."""
     if account.kind != "account" or module.kind != "module":
         raise WascapError("sign_actor needs an account key and a module key")
+    if isinstance(caps, str):  # list() would make each letter a capability
+        raise WascapError(f"caps must be a list of capability ids, not the string {caps!r}")
     stripped = strip_token(wasm)
     digest = hashlib.sha256(stripped).hexdigest().upper()
     if iat is None:
@@ -279,7 +289,10 @@ def verify_actor(wasm, *, trusted_issuers=None, required_caps=(), now=None):
         raise WascapError("the token has no `wascap` claims")
     if meta.get("hash") != module_hash(wasm):
         raise WascapError("the module's hash does not match its token: the module was changed after signing")
-    missing = [c for c in required_caps if c not in (meta.get("caps") or [])]
+    caps = meta.get("caps", [])
+    if not (isinstance(caps, list) and all(isinstance(c, str) for c in caps)):
+        raise WascapError(f"the token's `caps` claim is not a list of strings: {caps!r}")
+    missing = [c for c in required_caps if c not in caps]
     if missing:
         raise WascapError(f"the actor is not signed for capability {', '.join(missing)}")
     return claims

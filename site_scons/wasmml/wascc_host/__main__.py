@@ -3,6 +3,8 @@
 
     PYTHONPATH=site_scons python -m wasmml.wascc_host ACTOR.wasm [--host H] [--port P]
         [--instances N] [--max-body BYTES] [--timeout S] [--queue-timeout S] [--max-memory MIB]
+        [--client-timeout S] [--request-timeout S] [--max-connections N]
+        [--max-client-connections N]
         [--issuer ACCOUNT]... [--keys-dir DIR] [--any-issuer] [--quiet]
 
 The actor must be signed, unchanged since, valid now, issued by a trusted
@@ -49,6 +51,9 @@ def parse_args(argv):
                    help="time to send a whole request, headers and body (default: 60)")
     p.add_argument("--max-connections", type=_positive(int), default=64, metavar="N",
                    help="connections open at once; more are answered 503 (default: 64)")
+    p.add_argument("--max-client-connections", type=_positive(int), default=16, metavar="N",
+                   help="connections open at once from one client address; more are answered "
+                        "429 (default: 16)")
     p.add_argument("--issuer", action="append", metavar="ACCOUNT",
                    help="trusted account public key (A...); repeatable "
                         "(default: the account of --keys-dir, if it has one)")
@@ -123,7 +128,8 @@ def serve(ns):
     try:
         server = Server((ns.host, ns.port), max_body=ns.max_body,
                         client_timeout=ns.client_timeout, request_timeout=ns.request_timeout,
-                        max_connections=ns.max_connections, quiet=ns.quiet)
+                        max_connections=ns.max_connections,
+                        max_per_client=ns.max_client_connections, quiet=ns.quiet)
     except (OSError, socket.gaierror) as e:
         return _error(f"cannot listen on {ns.host}:{ns.port}: {e.strerror}")
     with server:

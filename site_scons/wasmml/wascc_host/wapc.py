@@ -23,6 +23,7 @@ from wasmml import wasmcache
 TICK = 0.01  # seconds per epoch tick: the resolution of the time budget
 PAGE = 65536
 WASI = "wasi_snapshot_preview1"
+OUT_OF_MEMORY = "out of memory"  # how a guest's error before a trap says an allocation failed
 
 # the `wapc` imports a host provides: name -> (number of i32 params, returns an i32)
 WAPC_IMPORTS = {
@@ -183,7 +184,10 @@ class Instance:
     def _trap_error(self, trap):
         if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
             return TimedOut(f"timed out after {self.actor.timeout:g}s")
-        message = self._fault or one_line(trap)
+        # a guest may say why it is about to trap (Rust's allocator, failing)
+        message = self._fault or ": ".join(filter(None, (self._error, one_line(trap))))
+        if self._error.startswith(OUT_OF_MEMORY):
+            return OutOfMemory(message)
         memory = getattr(self, "memory", None)
         if memory and memory.data_len(self.store) + PAGE > self.actor.max_memory:
             return OutOfMemory(f"{message} (memory at its {self.actor.max_memory >> 20} MiB limit)")
