@@ -112,6 +112,15 @@ def checkout(tmp_path_factory):
     top = tmp_path_factory.mktemp("checkout")
     for name in CHECKOUT_SOURCES:
         (top / name).symlink_to(REPO / name)
+    # the photos are read by WASI modules given `--dir .`, which does not
+    # follow a link out of it: real copies
+    (top / "models").unlink()
+    (top / "models").mkdir()
+    for entry in (REPO / "models").iterdir():
+        if entry.name == "images":
+            shutil.copytree(entry, top / "models" / "images")
+        else:
+            (top / "models" / entry.name).symlink_to(entry)
     return top
 
 

@@ -15,6 +15,8 @@ import pytest
 import wasmtime
 from PIL import Image
 
+from big_images import near_budget_jpeg, over_budget_png, wide_row_png
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "models" / "efficientnet_lite0"
 IMAGES = REPO / "models" / "images"
@@ -23,18 +25,20 @@ ESPRESSO = 967
 
 
 @pytest.fixture(scope="module")
-def built():
+def built(checkout, checkout_scons):
     """classify.wasm and run-model.wasm, built once by the project's own
-    SConstruct with its default settings."""
-    subprocess.run([sys.executable, "-m", "SCons", "-Q", "wasi", "run-model"],
-                   cwd=REPO, check=True)
-    return {"classify": REPO / "build/wasi/classify.wasm",
-            "run-model": REPO / "build/wasi/run-model.wasm"}
+    SConstruct with its default settings, in the tests' checkout (they run
+    here, in REPO, on its photos)."""
+    checkout_scons("-Q", "wasi", "run-model")
+    return {"classify": checkout / "build/wasi/classify.wasm",
+            "run-model": checkout / "build/wasi/run-model.wasm"}
 
 
-def run(wasm, *args, node=False):
+def run(wasm, *args, node=False, max_memory=None):
+    """wasm's run in REPO; max_memory caps its memory, as "512MiB"."""
     cmd = [sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "."]
     cmd += ["--node"] if node else []
+    cmd += ["--max-memory-size", max_memory] if max_memory else []
     return subprocess.run(cmd + [str(wasm), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
@@ -134,8 +138,10 @@ def bad_file_cases(tmp):
         file("animation.gif", b"GIF89a" + struct.pack("<HH", 8, 8) + bytes(64)): "not a decodable",
         file("bitmap.bmp", b"BM" + bytes(64)): "not a decodable",
         # decompression bombs: refused from the header, before any allocation
-        file("bomb.png", png_header(100_000, 100_000)): "100000x100000 pixels, more than the limit",
-        file("bomb.jpg", jpeg_header(65_000, 65_000)): "65000x65000 pixels, more than the limit",
+        file("bomb.png", png_header(100_000, 100_000)):
+            "100000x100000 pixels, 8-bit RGB PNG: decoding needs about ",
+        file("bomb.jpg", jpeg_header(65_000, 65_000)):
+            "65000x65000 pixels, 8-bit color JPEG: decoding needs about ",
     }
 
 
@@ -165,6 +171,52 @@ def test_good_files_still_classified_beside_bad_ones(built):
     assert out.stdout == f"{coffee}: {labels()[ESPRESSO]}\n"
     errors = out.stderr.splitlines()
     assert [line.split(": ")[1] for line in errors] == [str(p) for p in bad], out.stderr
+
+
+@pytest.fixture(scope="module")
+def big_images():
+    """The directory, relative to REPO, of the valid images below."""
+    work = Path("build") / "test-big-images"
+    (REPO / work).mkdir(parents=True, exist_ok=True)
+    images = {"wide-row.png": wide_row_png(), "gray.png": over_budget_png(),
+              "near-budget.jpg": near_budget_jpeg()}
+    for name, data in images.items():
+        (REPO / work / name).write_bytes(data)
+    return work
+
+
+@pytest.mark.parametrize("name,message", [
+    # issue 24: within the old pixel limit, it took the decoder 1.8 GiB
+    ("wide-row.png", "33554432x1 pixels, 16-bit RGBA PNG: decoding needs about 1890 MiB"),
+    ("gray.png", "11000x10000 pixels, 8-bit grayscale PNG: decoding needs about 451 MiB"),
+])
+def test_valid_images_over_the_memory_limit_are_refused_from_the_header(built, big_images, name,
+                                                                        message):
+    """One line and exit 1, not a trap: under 64 MiB of memory, which the
+    module's own 30 MiB and the file fit, so nothing of the image was."""
+    path = big_images / name
+    out = run(built["classify"], path, max_memory="64MiB")
+    assert (out.returncode, out.stdout) == (1, ""), out.stderr
+    assert out.stderr == f"error: {path}: image is {message}, more than the limit of 416 MiB\n"
+
+
+def test_a_valid_image_within_the_limit_is_classified_within_512_mib(built, big_images):
+    """The costliest 32 Mpx photo, about 400 MiB to decode, fits the limit
+    and a 512 MiB memory (as `wasmtime run -W max-memory-size=512MiB`)."""
+    out = run(built["classify"], "--top", "1", big_images / "near-budget.jpg", max_memory="512MiB")
+    assert out.returncode == 0, out.stderr
+    probability, label = out.stdout.split(None, 1)
+    assert 0 < float(probability) <= 1 and label.strip() in labels()
+
+
+def test_out_of_memory_is_reported_as_such(built, big_images):
+    """Under a memory smaller than the limit assumes, an image within the
+    limit still fails an allocation: the run says so before it traps."""
+    out = run(built["classify"], big_images / "near-budget.jpg", max_memory="128MiB")
+    assert out.returncode == 134 and out.stdout == ""
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("memory allocation of ") and lines[0].endswith(" bytes failed"), out.stderr
+    assert "trapped" in lines[1]
 
 
 def test_usage_errors(built):

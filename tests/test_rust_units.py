@@ -1,5 +1,6 @@
-"""The Rust crates' own unit tests (runtime, vision), run natively with the
-toolchain the build discovers, so `./dev test` covers them too."""
+"""The Rust crates' own unit tests (runtime, vision, the actor's query
+parsing), run natively with the toolchain the build discovers, so
+`./dev test` covers them too."""
 
 import os
 import subprocess
@@ -22,5 +23,20 @@ def test_crate_unit_tests_pass(crate, tmp_path_factory):
         [rust.cargo, "test", "--locked", "-p", crate, "--target-dir", str(target_dir),
          *toolchain.cargo_source_flags()],
         cwd=REPO / "rust", env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 0 failed" in out.stdout and "test result: ok" in out.stdout
+
+
+def test_actor_query_unit_tests_pass(tmp_path):
+    """The actor's query-string parsing (rust/actor/src/query.rs) uses std
+    only, so its tests compile alone: the actor crate itself builds only
+    for wasm32, with a model."""
+    rust = toolchain.find_rust()
+    binary = tmp_path / "query-tests"
+    source = REPO / "rust" / "actor" / "src" / "query.rs"
+    build = subprocess.run([rust.rustc, "--edition", "2021", "--test", str(source), "-o", str(binary)],
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    out = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert " 0 failed" in out.stdout and "test result: ok" in out.stdout

@@ -89,6 +89,12 @@ MODULES = {
     (drop (call $fd_read (i32.const 0) (i32.const 32) (i32.const 1) (i32.const 40)))
     (call $write (i32.const 1) (i32.const 106) (i32.const 5))))""",
 
+    # grows its memory from 1 page to 16 (1 MiB); exits 1 if it may not
+    "grow": f"""(module {PROC_EXIT} (memory (export "memory") 1)
+  (func (export "_start")
+    (if (i32.eq (memory.grow (i32.const 15)) (i32.const -1))
+      (then (call $proc_exit (i32.const 1))))))""",
+
     "missing_import": """(module (import "env" "nope" (func))
   (memory (export "memory") 1) (func (export "_start")))""",
 }
@@ -244,6 +250,20 @@ def test_main_in_process(mods, cache, capfd):
     assert wasmrun.main(["--cache", str(cache), str(mods["exit3"])]) == 3
     assert wasmrun.main(["--no-cache", str(mods["hello"])]) == 0
     assert capfd.readouterr().out == "hello\n"
+
+
+def test_max_memory_size_caps_memory_grow(mods, cache):
+    assert run(cache, mods["grow"]).returncode == 0
+    assert run(cache, "--max-memory-size", "1MiB", mods["grow"]).returncode == 0
+    assert run(cache, "--max-memory-size", str((1 << 20) - 1), mods["grow"]).returncode == 1
+    assert run(cache, "--max-memory-size", "1023K", mods["grow"]).returncode == 1
+
+
+@pytest.mark.parametrize("args", [["--max-memory-size", "lots"], ["--max-memory-size", "5XB"],
+                                  ["--node", "--max-memory-size", "1G"]])
+def test_max_memory_size_usage_errors(mods, cache, args):
+    r = run(cache, *args, mods["grow"])
+    assert r.returncode == 2 and "--max-memory-size" in r.stderr
 
 
 def test_parse_args():

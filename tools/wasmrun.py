@@ -3,11 +3,15 @@
 No wasmtime CLI can be installed here, so this stands in for it:
 
     python tools/wasmrun.py [--dir HOST_DIR[::GUEST_DIR]]... [--env NAME[=VALUE]]...
-                            [--cache DIR | --no-cache] [--node] MODULE.wasm [ARGS...]
+                            [--max-memory-size SIZE] [--cache DIR | --no-cache] [--node]
+                            MODULE.wasm [ARGS...]
 
 The guest sees argv = [basename(MODULE), *ARGS] and inherits stdin, stdout and
-stderr, so its output streams as it is written. `--node` runs the same module
-under Node's `node:wasi` instead, as an independent check that it is standard.
+stderr, so its output streams as it is written. `--max-memory-size` caps the
+guest's linear memory, as `wasmtime run -W max-memory-size=` does: a
+`memory.grow` past it fails, as it would at the 4 GiB of wasm32. `--node` runs
+the same module under Node's `node:wasi` instead, as an independent check that
+it is standard.
 
 Exit status, as `wasmtime run`: the guest's exit code; 134 (128 + SIGABRT) if
 it traps; 1 for another runtime error (wasmtime refuses proc_exit(>= 126),
@@ -56,11 +60,27 @@ try {
 """
 
 
+_UNITS = {"": 1, "K": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MIB": 1 << 20,
+          "G": 1 << 30, "GIB": 1 << 30}
+
+
+def _size(text):
+    """Bytes, as wasmtime's -W max-memory-size= takes them, or with a K/KiB,
+    M/MiB or G/GiB suffix: "536870912", "512MiB"."""
+    match = re.fullmatch(r"(\d+)\s*([a-zA-Z]*)", text.strip())
+    unit = match and _UNITS.get(match.group(2).upper())
+    if not unit:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (bytes, or e.g. 512MiB)")
+    return int(match.group(1)) * unit
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="wasmrun", description=__doc__.split("\n")[0])
     p.add_argument("--dir", action="append", default=[], metavar="HOST[::GUEST]")
     p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
                    help="NAME alone copies the host's value")
+    p.add_argument("--max-memory-size", type=_size, metavar="SIZE",
+                   help="the most the guest's memory may grow to (wasmtime only)")
     p.add_argument("--cache", metavar="DIR", help="default: $WASMRUN_CACHE or ~/.cache/wasmrun",
                    default=default_dir())
     p.add_argument("--no-cache", dest="cache", action="store_const", const=None)
@@ -69,6 +89,8 @@ def parse_args(argv):
     # REMAINDER so that options after the module go to the guest, not to us.
     p.add_argument("args", nargs=argparse.REMAINDER)
     ns = p.parse_args(argv)
+    if ns.node and ns.max_memory_size is not None:
+        p.error("--max-memory-size is for wasmtime: node:wasi has no memory limit")
     ns.dirs = [tuple(d.split("::", 1)) if "::" in d else (d, d) for d in ns.dir]
     ns.env = [tuple(e.split("=", 1)) if "=" in e else (e, os.environ.get(e, ""))
               for e in ns.env]
@@ -89,6 +111,8 @@ def run_wasmtime(ns, name, wasm):
         wasi.inherit_stdout()
         wasi.inherit_stderr()
         store = wasmtime.Store(engine)
+        if ns.max_memory_size is not None:
+            store.set_limits(memory_size=ns.max_memory_size)
         store.set_wasi(wasi)
         linker = wasmtime.Linker(engine)
         linker.define_wasi()

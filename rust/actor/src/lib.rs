@@ -4,11 +4,20 @@
 //! classes with their probabilities.
 //!
 //! Bad requests get answers, never traps: 400 for an empty or undecodable
-//! body or a bad query, 405 for another method, 413 for an image with more
-//! pixels than the limit, 500 if the model fails. The model (the same
+//! body or a bad query (its keys and values are percent-decoded; a
+//! malformed escape is named), 405 for another method, 413 for an image
+//! whose decoding would need more memory than the limit (416 MiB, the file
+//! included, estimated from its header before anything is decoded:
+//! `model_vision::footprint`), 500 if the model fails. The limit keeps a
+//! valid image's decoding within the host's default 512 MiB an instance;
+//! should an allocation still fail (a smaller host limit), the actor tells
+//! the host "out of memory: ..." before it traps. The model (the same
 //! artifacts as the WASI command's) is embedded at build time.
 
 mod http;
+#[cfg(target_arch = "wasm32")]
+mod oom;
+mod query;
 mod wapc;
 
 mod model {
@@ -97,7 +106,7 @@ fn handle_request(request: &Request) -> Response {
         response.header.insert("Allow".to_string(), "PUT, POST".to_string());
         return response;
     }
-    let top = match parse_top(&request.query_string) {
+    let top = match query::parse_top(&request.query_string) {
         Ok(top) => top,
         Err(message) => return Response::error(400, &message),
     };
@@ -125,19 +134,4 @@ fn answer(predictions: &[Prediction<'_>], top: Option<usize>) -> Response {
             Response::json(200, &ranked)
         }
     }
-}
-
-/// `top=N` from the query string; other parameters are ignored.
-fn parse_top(query: &str) -> Result<Option<usize>, String> {
-    let mut top = None;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if key == "top" {
-            match value.parse::<usize>() {
-                Ok(n) if (1..=1000).contains(&n) => top = Some(n),
-                _ => return Err(format!("top={}: want a number from 1 to 1000", value)),
-            }
-        }
-    }
-    Ok(top)
 }

@@ -25,11 +25,17 @@ pub fn guest_call(op_len: i32, msg_len: i32, handler: fn(&str, &[u8]) -> Outcome
             1
         }
         Err(message) => {
-            // SAFETY: as above.
-            unsafe { __guest_error(message.as_ptr(), message.len()) };
+            guest_error(message.as_bytes());
             0
         }
     }
+}
+
+/// Gives the host an error message for the current call; it keeps the last
+/// one it was given.
+pub fn guest_error(message: &[u8]) {
+    // SAFETY: the host copies `len` bytes out of our live buffer.
+    unsafe { __guest_error(message.as_ptr(), message.len()) };
 }
 
 fn receive(op_len: i32, msg_len: i32) -> Result<(String, Vec<u8>), String> {

@@ -3,8 +3,13 @@
 //! probable classes with their probabilities.
 //!
 //! A file that cannot be read or decoded, a directory, a file over 128 MiB
-//! or an image over the pixel limit gets a one-line error on stderr; the
-//! other files are still classified, and the exit status is 1.
+//! or an image whose decoding would need more memory than the limit (416
+//! MiB, the file included, estimated from its header before anything is
+//! decoded: `model_vision::footprint`) gets a one-line error on stderr; the
+//! other files are still classified, and the exit status is 1. The limit
+//! keeps decoding a valid image within a 512 MiB memory; should an
+//! allocation fail anyway (a smaller limit set by the runtime), std prints
+//! "memory allocation of N bytes failed" before the module traps.
 
 mod model {
     include!(concat!(env!("OUT_DIR"), "/model.rs"));
@@ -14,10 +19,10 @@ use model_vision::{Classifier, Prediction};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: classify [--top N] IMAGE...";
-/// Larger files are refused before they are read: the pixel limit bounds
-/// what a decodable photo needs (an uncompressed 33.5 Mpx RGB image is
-/// 100 MB), and reading a bigger file whole could exhaust the module's
-/// 4 GiB address space, which ends the program for every file.
+/// Larger files are refused before they are read: reading a file whole
+/// could exhaust the module's 4 GiB address space, which ends the program
+/// for every file. The memory limit counts the file too, and an
+/// uncompressed 33.5 Mpx RGB image is 100 MB.
 const MAX_FILE_BYTES: u64 = 128 << 20;
 
 struct Args {

@@ -2,12 +2,17 @@
 //! (input name and shape, crop, resize filter, mean/std, layout, labels)
 //! comes from the model's metadata (`model.json`), nothing is hard-coded.
 
+mod footprint;
+
+pub use footprint::{footprint, Footprint};
+use image::codecs::jpeg::JpegDecoder;
 use image::imageops::FilterType;
-use image::{ImageBuffer, Pixel};
+use image::{ColorType, DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, Pixel};
 use model_runtime::{Model, Session};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 
 #[derive(Debug, Deserialize)]
 pub struct ModelInfo {
@@ -64,8 +69,9 @@ pub enum Error {
     Metadata(String),
     /// The bytes are not an image this build can decode.
     Decode(String),
-    /// The image declares more pixels than the limit; refused before decoding.
-    TooLarge { width: u32, height: u32, limit: u64 },
+    /// Decoding the image would need more memory than the limit (bytes);
+    /// refused from its header, before decoding.
+    TooLarge { footprint: Footprint, limit: u64 },
     /// The model failed.
     Model(model_runtime::Error),
 }
@@ -75,15 +81,32 @@ impl fmt::Display for Error {
         match self {
             Error::Metadata(m) => write!(f, "model metadata: {}", m),
             Error::Decode(m) => write!(f, "not a decodable PNG or JPEG image ({})", m),
-            Error::TooLarge { width, height, limit } => {
-                write!(f, "image is {}x{} pixels, more than the limit of {} pixels", width, height, limit)
-            }
+            Error::TooLarge { footprint: fp, limit } => write!(
+                f,
+                "image is {}x{} pixels, {}: decoding needs about {} MiB, more than the limit of {}",
+                fp.width,
+                fp.height,
+                fp.kind,
+                (fp.bytes + MIB - 1) / MIB,
+                mebibytes(*limit)
+            ),
             Error::Model(e) => write!(f, "{}", e),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+const MIB: u64 = 1 << 20;
+
+/// "416 MiB", or "1.5 MiB" for a limit that is not whole mebibytes.
+fn mebibytes(bytes: u64) -> String {
+    if bytes % MIB == 0 {
+        format!("{} MiB", bytes / MIB)
+    } else {
+        format!("{:.1} MiB", bytes as f64 / MIB as f64)
+    }
+}
 
 impl From<model_runtime::Error> for Error {
     fn from(e: model_runtime::Error) -> Error {
@@ -99,17 +122,23 @@ pub struct Prediction<'a> {
     pub probability: f32,
 }
 
-/// Images with more pixels than this are refused before they are decoded:
-/// a few bytes of PNG can declare gigapixels. 32 Mpx is a large camera photo,
-/// and decodes within about 200 MB.
-pub const DEFAULT_PIXEL_LIMIT: u64 = 1 << 25;
+/// Images whose footprint (the memory decoding and preprocessing them need,
+/// their file included) is over this are refused before they are decoded.
+/// It lets every 32 Mpx 8-bit photo through: a PNG needs 111 to 367 MiB
+/// besides its file, a progressive JPEG without chroma subsampling, the
+/// costliest JPEG, up to 402. And it leaves 96 MiB of a 512 MiB instance
+/// for the module itself (its model and session, about 30 MiB) and the
+/// actor's second copy of a request's body (16 MiB at most). There is no
+/// separate pixel limit: memory is what an image can exhaust (the host
+/// bounds time), and every decoded pixel takes at least a byte of this.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 416 * MIB;
 
 /// A model with its metadata and labels, ready to classify images.
 pub struct Classifier {
     model: Model,
     info: ModelInfo,
     labels: Vec<String>,
-    pixel_limit: u64,
+    memory_limit: u64,
 }
 
 impl Classifier {
@@ -120,7 +149,7 @@ impl Classifier {
         }
         // Every line is a class, class 0 included.
         let labels: Vec<String> = labels.lines().map(|l| l.trim_end().to_string()).collect();
-        let classifier = Classifier { model, info, labels, pixel_limit: DEFAULT_PIXEL_LIMIT };
+        let classifier = Classifier { model, info, labels, memory_limit: DEFAULT_MEMORY_LIMIT };
         let classes = classifier.model.outputs().first().map(|o| o.shape.iter().product::<i64>()).unwrap_or(0);
         if classes as usize != classifier.labels.len() {
             return Err(Error::Metadata(format!("{} labels for {} classes", classifier.labels.len(), classes)));
@@ -128,9 +157,9 @@ impl Classifier {
         Ok(classifier)
     }
 
-    /// Refuse images with more than `pixels` pixels (see DEFAULT_PIXEL_LIMIT).
-    pub fn with_pixel_limit(mut self, pixels: u64) -> Classifier {
-        self.pixel_limit = pixels;
+    /// Refuse images whose footprint is over `bytes` (see DEFAULT_MEMORY_LIMIT).
+    pub fn with_memory_limit(mut self, bytes: u64) -> Classifier {
+        self.memory_limit = bytes;
         self
     }
 
@@ -149,7 +178,7 @@ impl Classifier {
     /// Decodes, preprocesses and classifies one image; the `top` best classes.
     pub fn classify(&self, session: &mut Session<'_>, image: &[u8], top: usize) -> Result<Vec<Prediction<'_>>, Error> {
         let (input, _) = self.info.inputs.iter().next().ok_or_else(|| Error::Metadata("no input".into()))?;
-        check_pixels(image, self.pixel_limit)?;
+        check_footprint(image, &self.info.preprocess, self.memory_limit)?;
         let tensor = preprocess(image, &self.info.preprocess)?;
         session.set_input_f32(input, &tensor)?;
         session.run()?;
@@ -176,37 +205,76 @@ pub fn preprocess(bytes: &[u8], p: &Preprocess) -> Result<Vec<f32>, Error> {
     if p.mean.len() != p.channels || p.std.len() != p.channels {
         return Err(Error::Metadata(format!("mean and std need {} values each", p.channels)));
     }
-    let decoded = image::load_from_memory(bytes).map_err(|e| Error::Decode(e.to_string()))?;
-    match p.channels {
-        1 => Ok(normalize(&crop_and_resize(&decoded.to_luma8(), p)?, p)),
-        3 => Ok(normalize(&crop_and_resize(&decoded.to_rgb8(), p)?, p)),
+    let target = target_color(p.channels)?;
+    // into_*: an image already of the model's type is used as it is
+    let decoded = decode(bytes)?;
+    if target == ColorType::L8 {
+        Ok(normalize(&crop_and_resize(&decoded.into_luma8(), p)?, p))
+    } else {
+        Ok(normalize(&crop_and_resize(&decoded.into_rgb8(), p)?, p))
+    }
+}
+
+/// The pixel type the model's channels call for.
+fn target_color(channels: usize) -> Result<ColorType, Error> {
+    match channels {
+        1 => Ok(ColorType::L8),
+        3 => Ok(ColorType::Rgb8),
         n => Err(Error::Metadata(format!("{} channels (1 or 3 are supported)", n))),
     }
 }
 
-/// Reads only the image's header: refuses more than `limit` pixels.
-pub fn check_pixels(bytes: &[u8], limit: u64) -> Result<(), Error> {
-    let (width, height) = declared_size(bytes)?;
-    if width as u64 * height as u64 > limit {
-        return Err(Error::TooLarge { width, height, limit });
+/// Reads only the image's header: refuses an image whose footprint is over
+/// `limit` bytes.
+pub fn check_footprint(bytes: &[u8], p: &Preprocess, limit: u64) -> Result<(), Error> {
+    let footprint = footprint(bytes, p)?;
+    if footprint.bytes > limit {
+        return Err(Error::TooLarge { footprint, limit });
     }
     Ok(())
 }
 
-/// The width and height an image's header declares, read without decoding.
-/// PNG headers go to the png crate directly: image's PNG decoder sizes its
-/// output buffer while it reads the header, and on wasm32 that size overflows
-/// for gigapixel images before their dimensions can be compared.
-fn declared_size(bytes: &[u8]) -> Result<(u32, u32), Error> {
-    let format = image::guess_format(bytes).map_err(|e| Error::Decode(e.to_string()))?;
-    if format == image::ImageFormat::Png {
-        let mut decoder = png::Decoder::new(bytes);
-        let info = decoder.read_header_info().map_err(|e| Error::Decode(e.to_string()))?;
-        return Ok((info.width, info.height));
+fn decode_error(e: impl fmt::Display) -> Error {
+    Error::Decode(e.to_string())
+}
+
+fn decode(bytes: &[u8]) -> Result<DynamicImage, Error> {
+    match image::guess_format(bytes).map_err(decode_error)? {
+        ImageFormat::Jpeg => decode_jpeg(bytes),
+        format => image::load_from_memory_with_format(bytes, format).map_err(decode_error),
     }
-    image::io::Reader::with_format(std::io::Cursor::new(bytes), format)
-        .into_dimensions()
-        .map_err(|e| Error::Decode(e.to_string()))
+}
+
+/// A JPEG through image's decoder, but by its reader: read_image would copy
+/// jpeg-decoder's result into a second buffer of the same size, the reader
+/// hands that result over.
+fn decode_jpeg(bytes: &[u8]) -> Result<DynamicImage, Error> {
+    let decoder = JpegDecoder::new(bytes).map_err(decode_error)?;
+    let (width, height) = decoder.dimensions();
+    let color = decoder.color_type();
+    let mut data = Vec::new();
+    decoder.into_reader().map_err(decode_error)?.read_to_end(&mut data).map_err(decode_error)?;
+    let expected = u64::from(width) * u64::from(height) * u64::from(color.bytes_per_pixel());
+    if data.len() as u64 != expected {
+        return Err(Error::Decode(format!(
+            "{} bytes decoded for a {}x{} {:?} image",
+            data.len(),
+            width,
+            height,
+            color
+        )));
+    }
+    let image = match color {
+        ColorType::L8 => ImageBuffer::from_raw(width, height, data).map(DynamicImage::ImageLuma8),
+        ColorType::Rgb8 => ImageBuffer::from_raw(width, height, data).map(DynamicImage::ImageRgb8),
+        // 16-bit samples come as native-endian bytes
+        ColorType::L16 => {
+            let samples = data.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect();
+            ImageBuffer::from_raw(width, height, samples).map(DynamicImage::ImageLuma16)
+        }
+        _ => None,
+    };
+    image.ok_or_else(|| Error::Decode(format!("JPEG decoded to {:?} pixels", color)))
 }
 
 type Image<P> = ImageBuffer<P, Vec<u8>>;
@@ -217,12 +285,20 @@ fn crop_and_resize<P: Pixel<Subpixel = u8> + 'static>(img: &Image<P>, p: &Prepro
     if w == 0 || h == 0 || tw == 0 || th == 0 {
         return Err(Error::Decode("empty image".into()));
     }
-    // The largest centred box with the target's aspect ratio, scaled down.
+    let (cw, ch) = crop_box(w, h, p);
+    // Resized from a view of the crop: a copy would be one more large buffer.
+    let crop = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch);
+    Ok(image::imageops::resize(&*crop, tw, th, filter(p.interpolation)))
+}
+
+/// The crop's width and height: the largest centred box with the target's
+/// aspect ratio, scaled down by the crop fraction.
+fn crop_box(w: u32, h: u32, p: &Preprocess) -> (u32, u32) {
+    let [tw, th] = p.size;
     let scale = (w as f32 / tw as f32).min(h as f32 / th as f32) * p.crop_fraction;
-    let cw = ((tw as f32 * scale).round() as u32).clamp(1, w);
-    let ch = ((th as f32 * scale).round() as u32).clamp(1, h);
-    let crop = image::imageops::crop_imm(img, (w - cw) / 2, (h - ch) / 2, cw, ch).to_image();
-    Ok(image::imageops::resize(&crop, tw, th, filter(p.interpolation)))
+    let cw = ((tw as f32 * scale).round() as u32).clamp(1, w.max(1));
+    let ch = ((th as f32 * scale).round() as u32).clamp(1, h.max(1));
+    (cw, ch)
 }
 
 fn normalize<P: Pixel<Subpixel = u8>>(img: &Image<P>, p: &Preprocess) -> Vec<f32> {
@@ -254,8 +330,9 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
 }
 
 #[cfg(test)]
-mod test {
+pub(crate) mod test {
     use super::*;
+    use image::GenericImageView;
 
     #[test]
     fn top_k_handles_negative_logits() {
@@ -270,7 +347,7 @@ mod test {
         assert_eq!(top_k(&[f32::NAN, 1.0], 1)[0].0, 1);
     }
 
-    fn preprocess_spec(layout: Layout) -> Preprocess {
+    pub(crate) fn preprocess_spec(layout: Layout) -> Preprocess {
         Preprocess {
             size: [2, 2],
             crop_fraction: 1.0,
@@ -310,23 +387,64 @@ mod test {
         assert!(matches!(preprocess(b"not an image", &preprocess_spec(Layout::NCHW)), Err(Error::Decode(_))));
     }
 
-    /// The 8-byte signature and an IHDR chunk that declares width x height.
-    fn png_header(width: u32, height: u32) -> Vec<u8> {
+    /// The 8-byte signature and an IHDR chunk that declares width x height
+    /// pixels of `depth` bits and PNG color type `color` (2 RGB, 6 RGBA).
+    pub(crate) fn png_header(width: u32, height: u32, depth: u8, color: u8) -> Vec<u8> {
         let mut chunk = b"IHDR".to_vec();
         chunk.extend_from_slice(&width.to_be_bytes());
         chunk.extend_from_slice(&height.to_be_bytes());
-        chunk.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+        chunk.extend_from_slice(&[depth, color, 0, 0, 0]);
         let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\x0d".to_vec();
         png.extend_from_slice(&chunk);
         png.extend_from_slice(&crc32fast::hash(&chunk).to_be_bytes());
         png
     }
 
+    /// SOI and a frame header: SOF `marker` (0xC0 baseline, 0xC2
+    /// progressive), 8-bit, one component per sampling byte (0x22: 2x2).
+    pub(crate) fn jpeg_header(marker: u8, width: u16, height: u16, sampling: &[u8]) -> Vec<u8> {
+        let mut sof = vec![8];
+        sof.extend_from_slice(&height.to_be_bytes());
+        sof.extend_from_slice(&width.to_be_bytes());
+        sof.push(sampling.len() as u8);
+        for (id, &factors) in sampling.iter().enumerate() {
+            sof.extend_from_slice(&[id as u8 + 1, factors, 0]);
+        }
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, marker];
+        jpeg.extend_from_slice(&(sof.len() as u16 + 2).to_be_bytes());
+        jpeg.extend_from_slice(&sof);
+        jpeg
+    }
+
     #[test]
-    fn declared_size_above_the_limit_is_refused_from_the_header() {
-        let err = check_pixels(&png_header(100_000, 100_000), DEFAULT_PIXEL_LIMIT).unwrap_err();
-        assert!(matches!(err, Error::TooLarge { width: 100_000, height: 100_000, .. }), "{}", err);
-        assert!(check_pixels(&png_header(64, 64), DEFAULT_PIXEL_LIMIT).is_ok());
+    fn a_footprint_over_the_limit_is_refused_from_the_header() {
+        let p = Preprocess { size: [224, 224], ..preprocess_spec(Layout::NCHW) };
+        let err = check_footprint(&png_header(100_000, 100_000, 8, 2), &p, DEFAULT_MEMORY_LIMIT).unwrap_err();
+        // 28610 MiB of pixels, and the crop's vertical resize pass (224 rows
+        // of 100000 RGBA f32 pixels)
+        assert_eq!(
+            err.to_string(),
+            "image is 100000x100000 pixels, 8-bit RGB PNG: decoding needs about 28955 MiB, \
+             more than the limit of 416 MiB"
+        );
+        assert!(check_footprint(&png_header(64, 64, 8, 2), &p, DEFAULT_MEMORY_LIMIT).is_ok());
+        // 3 MB of pixels, 3.6 MB of vertical resize pass, png's buffers
+        let err = check_footprint(&png_header(1000, 1000, 8, 2), &p, 3 * MIB / 2).unwrap_err();
+        assert!(err.to_string().ends_with("needs about 8 MiB, more than the limit of 1.5 MiB"), "{}", err);
+    }
+
+    #[test]
+    fn jpeg_decodes_to_its_own_buffer() {
+        // a real JPEG through decode_jpeg: the reader's buffer becomes the image
+        let img = image::RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 100]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg).encode_image(&img).unwrap();
+        let decoded = decode(&jpeg).unwrap();
+        assert_eq!((decoded.dimensions(), decoded.color()), ((40, 30), ColorType::Rgb8));
+        let gray = image::GrayImage::from_fn(8, 8, |x, _| image::Luma([x as u8 * 30]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg).encode_image(&gray).unwrap();
+        assert_eq!(decode(&jpeg).unwrap().color(), ColorType::L8);
     }
 
     #[test]

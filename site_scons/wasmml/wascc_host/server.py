@@ -342,7 +342,7 @@ class Connection:
         except TimedOut as e:
             return self._send_error(503, f"actor {e}")
         except OutOfMemory as e:
-            return self._send_error(500, f"actor ran out of memory: {e}")
+            return self._send_error(500, f"actor {e}")  # "actor out of memory: ..."
         except Trapped as e:
             return self._send_error(500, f"actor trapped: {e}")
         except GuestError as e:

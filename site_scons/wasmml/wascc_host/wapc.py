@@ -184,13 +184,14 @@ class Instance:
     def _trap_error(self, trap):
         if trap.trap_code == wasmtime.TrapCode.INTERRUPT:
             return TimedOut(f"timed out after {self.actor.timeout:g}s")
-        # a guest may say why it is about to trap (Rust's allocator, failing)
+        limit = f"{self.actor.max_memory >> 20} MiB"
+        if self._error.startswith(OUT_OF_MEMORY) and not self._fault:
+            # the actor's allocator says so before the abort's trap
+            return OutOfMemory(f"{self._error}; the limit is {limit}")
         message = self._fault or ": ".join(filter(None, (self._error, one_line(trap))))
-        if self._error.startswith(OUT_OF_MEMORY):
-            return OutOfMemory(message)
         memory = getattr(self, "memory", None)
         if memory and memory.data_len(self.store) + PAGE > self.actor.max_memory:
-            return OutOfMemory(f"{message} (memory at its {self.actor.max_memory >> 20} MiB limit)")
+            return OutOfMemory(f"{OUT_OF_MEMORY}: {message}, with memory at its {limit} limit")
         return Trapped(message)
 
     # ------------------------------------------------ the `wapc` imports
