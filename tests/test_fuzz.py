@@ -13,7 +13,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 
 import pytest
@@ -21,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, wasmtime_run
 from hostproc import Host
 
 sys.path.insert(0, str(REPO / "site_scons"))
@@ -91,9 +90,7 @@ def top_of(wasm):
 def classify_all(wasm, files):
     """Runs classify once on every file (paths relative to its checkout);
     returns {file: answer or error}."""
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "wasmrun.py"), "--dir", ".",
-                           str(wasm), *files], cwd=top_of(wasm), capture_output=True, text=True,
-                          timeout=600)
+    proc = wasmtime_run("--dir", ".", wasm, *files, cwd=top_of(wasm), timeout=600)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     assert "panicked" not in proc.stderr and "wasm backtrace" not in proc.stderr, proc.stderr[-2000:]
     answers = {}

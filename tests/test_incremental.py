@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import wasmtime_run
+
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("wasi", "digits")
 # Without LTO, modules link in seconds: what is tested here is what builds
@@ -77,8 +79,7 @@ class Checkout:
         path.write_text(change(path.read_text()))
 
     def classify(self, wasm, image):
-        out = subprocess.run([sys.executable, "tools/wasmrun.py", "--dir", ".", wasm, image],
-                             cwd=self.root, capture_output=True, text=True, timeout=120)
+        out = wasmtime_run("--dir", ".", wasm, image, cwd=self.root, timeout=120)
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "site_scons"))
 from wasmml import toolchain  # noqa: E402
+from conftest import wasmtime_run  # noqa: E402
 
 
 def relu_model(path):
@@ -41,7 +42,7 @@ def cargo_build(repo, model_dir, target_dir):
     return target_dir / rust.wasi_target / "release" / "run-model.wasm"
 
 
-def test_kernel_error_is_reported_not_trapped(repo, scons, cargo_target_dir, python, tmp_path):
+def test_kernel_error_is_reported_not_trapped(repo, scons, cargo_target_dir, tmp_path):
     scons("-Q", f"MODELS={relu_model(tmp_path)}", "build/relu/relu.plan.json", cwd=tmp_path)
     broken = tmp_path / "broken"
     shutil.copytree(tmp_path / "build" / "relu", broken)
@@ -55,8 +56,7 @@ def test_kernel_error_is_reported_not_trapped(repo, scons, cargo_target_dir, pyt
     io = tmp_path / "io"
     io.mkdir()
     (io / "input_0.bin").write_bytes(bytes(4 * 32))
-    out = subprocess.run([python, str(repo / "tools/wasmrun.py"), "--dir", str(io), str(wasm), str(io)],
-                         capture_output=True, text=True, timeout=120)
+    out = wasmtime_run("--dir", io, wasm, io, timeout=120)
     assert out.returncode == 1, out.stderr
     lines = out.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: kernel 'relu' failed: "), out.stderr

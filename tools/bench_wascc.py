@@ -32,6 +32,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "site_scons"))
+from wasmml import toolchain  # noqa: E402
+
 # the host before issue 24's HTTP work (http.server, two writes a response)
 DEFAULT_BASELINE = "02feaef"
 
@@ -140,9 +143,12 @@ def measure(port, body, clients, requests, keep_alive, expected):
 
 
 def wasi_answer(image):
-    out = subprocess.run([sys.executable, str(REPO / "tools/wasmrun.py"), "--dir", "/",
-                          str(REPO / "build/wasi/classify.wasm"), os.path.abspath(image)],
-                         capture_output=True, text=True)
+    try:
+        wasmtime = toolchain.find_wasmtime()
+    except toolchain.ToolchainError as e:
+        sys.exit(f"error: {e}")
+    out = subprocess.run([wasmtime, "run", "--dir", "/", str(REPO / "build/wasi/classify.wasm"),
+                          os.path.abspath(image)], capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"error: classify.wasm failed: {out.stderr.strip()}")
     return f'"{out.stdout.strip()}"'.encode()

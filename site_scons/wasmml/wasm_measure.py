@@ -220,7 +220,7 @@ def _dltensor(data_ptr, shape_ptr, ndim, dtype):
 
 
 def engine():
-    """An engine with the settings the built programs run with (wasmrun)."""
+    """An engine with the settings the built programs run with (wasmtime run's defaults)."""
     return wasmtime.Engine()
 
 

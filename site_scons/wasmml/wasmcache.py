@@ -1,4 +1,4 @@
-"""A cache of compiled wasm modules, shared by tools/wasmrun.py and the waSCC host.
+"""The waSCC host's cache of compiled wasm modules (the wasmtime CLI has its own).
 
 Compiling a large module (the ~19 MB actor) takes seconds; deserializing the
 machine code wasmtime produced last time takes milliseconds.
