@@ -49,6 +49,9 @@ def parse_args(argv):
     p.add_argument("--input-shape", action="append", default=[],
                    metavar="NAME=D0,D1,...", help="override an input's shape")
     p.add_argument("--tuning-db", help="MetaSchedule JSON database to apply (tune_model.py)")
+    p.add_argument("--parallel", action="store_true",
+                   help="prototype (issue 25): each kernel's outermost loop runs on the "
+                        "runtime's thread pool (TVMBackendParallelLaunch)")
     p.add_argument("--quiet", action="store_true", help="no timing line")
     return p.parse_args(argv)
 
@@ -571,6 +574,47 @@ def _tuned_kernels(mod):
     return f"{tuned}/{len(kernels)} kernels tuned"
 
 
+def parallelize(mod, min_extent=2):
+    """Prototype (issue 25): in every kernel, the outermost loop of each
+    top-level block nest (after loops of 1) becomes a parallel loop, where TVM allows it (a
+    loop over spatial axes only). TVM's codegen turns such a loop into a
+    lambda run through __TVMBackendParallelLaunch. Returns the module and
+    the number of loops made parallel."""
+    import tvm
+
+    count = 0
+    funcs = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+        try:
+            blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        except Exception:  # noqa: BLE001 -- a kernel without a root block
+            continue
+        changed = False
+        for block in blocks:
+            # the first loop longer than 1 (the batch loop of 1 says nothing)
+            for loop in sch.get_loops(block):
+                extent = sch.get(loop).extent
+                if not isinstance(extent, tvm.tirx.IntImm) or extent.value == 1:
+                    continue
+                if extent.value < min_extent:
+                    break
+                try:
+                    sch.parallel(loop)
+                except Exception:  # noqa: BLE001 -- a reduction or an already bound loop
+                    break
+                count += 1
+                changed = True
+                break
+        if changed:
+            funcs[gv] = sch.mod["main"]
+    for gv, func in funcs.items():
+        mod[gv] = func
+    return mod, count
+
+
 def build_object(mod, target, path):
     from tvm import relax
 
@@ -987,6 +1031,9 @@ def compile_model(args, stages):
         raise tvm_failure("lower", e, model, shapes, args.pipeline, target)
     if _has_unknown_shapes(lowered["main"]):
         raise ModelError(unknown_shape_cause(model, shapes))
+    if args.parallel:
+        lowered, count = parallelize(lowered)
+        stages.note(f"{count} parallel loops")
     builder = PlanBuilder()
     plan = builder.build(lowered["main"], list(shapes), output_names)
     check_memory(plan, model, shapes)

@@ -162,6 +162,9 @@ pub unsafe extern "C" fn TVMBackendAllocWorkspace(
         Some(layout) => layout,
         None => return std::ptr::null_mut(),
     };
+    #[cfg(feature = "threads")]
+    let base = crate::threads::with_alloc_lock(|| alloc(layout));
+    #[cfg(not(feature = "threads"))]
     let base = alloc(layout);
     if base.is_null() {
         return base as *mut c_void;
@@ -185,6 +188,9 @@ pub unsafe extern "C" fn TVMBackendFreeWorkspace(
     let nbytes = (base as *const u64).read();
     match workspace_layout(nbytes) {
         Some(layout) => {
+            #[cfg(feature = "threads")]
+            crate::threads::with_alloc_lock(|| dealloc(base, layout));
+            #[cfg(not(feature = "threads"))]
             dealloc(base, layout);
             0
         }

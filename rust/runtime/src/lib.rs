@@ -18,6 +18,8 @@
 mod dtype;
 pub mod ffi;
 pub mod plan;
+#[cfg(feature = "threads")]
+pub mod threads;
 
 pub use dtype::DType;
 pub use ffi::SafeCall;
