@@ -9,6 +9,7 @@ one line, `error: model 'NAME': CAUSE`, exit status 1, and no output file.
 import argparse
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,6 +18,9 @@ import time
 
 PLAN_FORMAT = 1
 RELAXED_SIMD = "+relaxed-simd"
+# what a threaded build's kernels need besides the build's features: real
+# atomics and a shared memory (wasm-ld refuses to mix objects without them)
+THREAD_FEATURES = ("+atomics", "+bulk-memory")
 # a MetaSchedule JSON database: a directory holding these two files
 WORKLOADS_FILE, RECORDS_FILE = "database_workload.json", "database_tuning_record.json"
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
@@ -49,9 +53,10 @@ def parse_args(argv):
     p.add_argument("--input-shape", action="append", default=[],
                    metavar="NAME=D0,D1,...", help="override an input's shape")
     p.add_argument("--tuning-db", help="MetaSchedule JSON database to apply (tune_model.py)")
-    p.add_argument("--parallel", action="store_true",
-                   help="prototype (issue 25): each kernel's outermost loop runs on the "
-                        "runtime's thread pool (TVMBackendParallelLaunch)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="N > 1: kernels with parallel loops, run on the runtime's pool of wasi "
+                        "threads (TVMBackendParallelLaunch); needs a module linked with "
+                        "model-runtime's `threads` feature (cargo_wasm with TVM_THREADS)")
     p.add_argument("--quiet", action="store_true", help="no timing line")
     return p.parse_args(argv)
 
@@ -432,11 +437,17 @@ def _layout_friendly_import(enabled):
         yield
 
 
-def wasm_target(features):
+def wasm_target(features, threads=1):
+    """TVM's target for wasm32 with these LLVM features; with threads > 1,
+    also atomics and bulk memory (a shared memory) and `num-cores`, which
+    MetaSchedule's parallel loops are sized by."""
     import tvm
 
     mattr = _feature_list(features)
     target = {"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm", "mattr": mattr}
+    if threads > 1:
+        mattr += [f for f in THREAD_FEATURES if f not in mattr]
+        target["num-cores"] = threads
     if RELAXED_SIMD in mattr:
         # Without contraction LLVM keeps most a*b+c as a multiply and an add:
         # EfficientNet-Lite0 had 1515 f32x4.relaxed_madd and 1379 f32x4.mul
@@ -457,23 +468,27 @@ def _feature_list(features):
     return [f.strip() for f in features.split(",") if f.strip()]
 
 
-def tuning_subdir(pipeline, features):
-    """Where, under a model's tuning/, its database for this pipeline and
-    these features lives (nhwc/simd128): each pipeline makes other kernels,
-    so each has databases of its own."""
-    return os.path.join(pipeline, tuning_slug(features))
+def tuning_subdir(pipeline, features, threads=1):
+    """Where, under a model's tuning/, its database for this pipeline, these
+    features and this thread count lives (nhwc/simd128, nhwc/simd128+threads2):
+    each pipeline makes other kernels, so each has databases of its own, and
+    a threaded build's schedules have parallel loops sized for its threads."""
+    return os.path.join(pipeline, tuning_slug(features) + (f"+threads{threads}" if threads > 1 else ""))
 
 
-def find_tuning_db(model_dir, pipeline, features):
+def find_tuning_db(model_dir, pipeline, features, threads=1):
     """The database a build of the model in `model_dir` applies, or None:
     its own, else, for relaxed SIMD, the plain SIMD128 one (the same
     kernels, and schedules valid on both: only the multiply-adds compile
-    differently)."""
+    differently); a threaded build without a database of its threads takes
+    the single-threaded one's (parallelize() then splits their outer loops)."""
     fallback = fallback_features(features)
-    for candidate in [features] + ([fallback] if fallback else []):
-        db = os.path.join(model_dir, "tuning", tuning_subdir(pipeline, candidate))
-        if os.path.isfile(os.path.join(db, RECORDS_FILE)):
-            return db
+    candidates = [features] + ([fallback] if fallback else [])
+    for n in [threads] + ([1] if threads > 1 else []):
+        for candidate in candidates:
+            db = os.path.join(model_dir, "tuning", tuning_subdir(pipeline, candidate, n))
+            if os.path.isfile(os.path.join(db, RECORDS_FILE)):
+                return db
     return None
 
 
@@ -574,45 +589,140 @@ def _tuned_kernels(mod):
     return f"{tuned}/{len(kernels)} kernels tuned"
 
 
-def parallelize(mod, min_extent=2):
-    """Prototype (issue 25): in every kernel, the outermost loop of each
-    top-level block nest (after loops of 1) becomes a parallel loop, where TVM allows it (a
-    loop over spatial axes only). TVM's codegen turns such a loop into a
-    lambda run through __TVMBackendParallelLaunch. Returns the module and
-    the number of loops made parallel."""
+# A parallel loop inside serial loops is launched once per iteration of
+# theirs: ResNet50's 1x1 convolutions whose spatial loop sits inside a
+# reduction loop of 256 ran 4.7x slower on 2 threads (a launch and a wake-up
+# per iteration) than on one. Such nests stay serial.
+MAX_LAUNCHES = 8
+
+
+def parallelize(mod, threads):
+    """Kernels whose loops run on the runtime's thread pool: in each kernel,
+    one loop of each top-level loop nest becomes a parallel loop, which
+    TVM's codegen turns into a lambda and a call of TVMBackendParallelLaunch
+    (rust/runtime/src/threads). Applied after the tuned schedules, which a
+    single-threaded database made without parallel loops.
+
+    The loop is one of the nest's leading serial loops (each the only
+    statement of the one before) over which the iterations write disjoint
+    data (_is_parallel_safe): the one whose iterations split most evenly
+    among `threads` (a loop of 3 on 2 threads wastes a quarter), the
+    outermost of equals, since a loop inside others is launched once per
+    iteration of theirs. Rewritten on the TIR itself, not with a schedule:
+    the loop-partitioned kernels of the default pipeline define block
+    variables twice, which a schedule refuses. Returns the module and the
+    number of parallel loops made."""
     import tvm
 
     count = 0
     funcs = {}
     for gv, func in mod.functions.items():
-        if not isinstance(func, tvm.tirx.PrimFunc):
+        if not isinstance(func, tvm.tirx.PrimFunc) or not isinstance(func.body, tvm.s_tir.SBlockRealize):
             continue
-        sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
-        try:
-            blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        except Exception:  # noqa: BLE001 -- a kernel without a root block
-            continue
-        changed = False
-        for block in blocks:
-            # the first loop longer than 1 (the batch loop of 1 says nothing)
-            for loop in sch.get_loops(block):
-                extent = sch.get(loop).extent
-                if not isinstance(extent, tvm.tirx.IntImm) or extent.value == 1:
-                    continue
-                if extent.value < min_extent:
-                    break
-                try:
-                    sch.parallel(loop)
-                except Exception:  # noqa: BLE001 -- a reduction or an already bound loop
-                    break
-                count += 1
-                changed = True
-                break
-        if changed:
-            funcs[gv] = sch.mod["main"]
+        root = func.body.block
+        body, made = _parallelize_nests(root.body, threads)
+        if made:
+            count += made
+            block = tvm.s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, body,
+                                     root.init, root.alloc_buffers, root.match_buffers, root.annotations)
+            funcs[gv] = func.with_body(tvm.s_tir.SBlockRealize(func.body.iter_values,
+                                                               func.body.predicate, block))
     for gv, func in funcs.items():
         mod[gv] = func
     return mod, count
+
+
+def _parallelize_nests(stmt, threads):
+    """(stmt with a parallel loop in each of its top-level nests that can
+    have one, how many)."""
+    import tvm
+
+    if isinstance(stmt, tvm.tirx.SeqStmt):
+        results = [_parallelize_nests(child, threads) for child in stmt.seq]
+        if not any(made for _, made in results):
+            return stmt, 0
+        return tvm.tirx.SeqStmt([new for new, _ in results]), sum(made for _, made in results)
+    if not isinstance(stmt, tvm.tirx.For):
+        return stmt, 0
+    chain = []  # the leading serial loops, each the only statement of the one before
+    node = stmt
+    while (isinstance(node, tvm.tirx.For) and node.kind == tvm.tirx.ForKind.SERIAL
+           and node.thread_binding is None and isinstance(node.extent, tvm.tirx.IntImm)
+           and isinstance(node.min, tvm.tirx.IntImm) and node.min.value == 0):
+        chain.append(node)
+        node = node.body
+    best, best_score, launches = None, 0.0, 1
+    for depth, loop in enumerate(chain):
+        extent = loop.extent.value
+        if launches > MAX_LAUNCHES:
+            break
+        if extent > 1 and _is_parallel_safe(loop.body, loop.loop_var):
+            # the share of the threads' time spent working, less a little a launch
+            score = extent / (threads * -(-extent // threads)) - 0.01 * math.log2(launches)
+            if score > best_score + 1e-9:
+                best, best_score = depth, score
+        launches *= extent
+    if best is not None:
+        return _rebuilt(chain[:best + 1], chain[best].body, parallel=True), 1
+    if not chain:
+        return stmt, 0
+    # none of them (a tile loop of 1 around several nests): the nests inside
+    body, made = _parallelize_nests(node, threads)
+    return (_rebuilt(chain, body), made) if made else (stmt, 0)
+
+
+def _rebuilt(chain, body, parallel=False):
+    """The loops of `chain` around `body`, the innermost made parallel."""
+    import tvm
+
+    for i, loop in enumerate(reversed(chain)):
+        kind = tvm.tirx.ForKind.PARALLEL if parallel and i == 0 else loop.kind
+        body = tvm.tirx.For(loop.loop_var, loop.min, loop.extent, kind, body, loop.thread_binding,
+                            loop.annotations)
+    return body
+
+
+def _is_parallel_safe(stmt, var):
+    """Whether the iterations of a loop over `var` with body `stmt` write
+    disjoint data: each block under it (looking inside opaque ones) binds
+    `var` to data-parallel block variables only, and one that does not bind
+    it at all writes only buffers allocated under the loop."""
+    import tvm
+
+    realizes, local, stores = [], [], []
+
+    def walk(node):
+        if isinstance(node, tvm.s_tir.SBlockRealize):
+            local.extend(b.data for b in node.block.alloc_buffers)
+            if not node.block.iter_vars:  # an opaque block: what is inside says
+                walk(node.block.body)
+                return
+            realizes.append(node)
+            return  # a block's writes are its own: its variables say where
+        if isinstance(node, tvm.tirx.SeqStmt):
+            for child in node.seq:
+                walk(child)
+        elif isinstance(node, tvm.tirx.IfThenElse):
+            walk(node.then_case)
+            if node.else_case is not None:
+                walk(node.else_case)
+        elif isinstance(node, tvm.tirx.BufferStore):
+            stores.append(node)  # a write outside any block: nothing says where
+        elif hasattr(node, "body"):
+            walk(node.body)
+
+    walk(stmt)
+    for realize in realizes:
+        bound = False
+        for iter_var, value in zip(realize.block.iter_vars, realize.iter_values):
+            if any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(value)):
+                if iter_var.iter_type != tvm.tirx.IterVar.DataPar:
+                    return False
+                bound = True
+        if not bound and not all(any(w.buffer.data.same_as(b) for b in local)
+                                 for w in realize.block.writes):
+            return False
+    return bool(realizes) and not stores
 
 
 def build_object(mod, target, path):
@@ -1024,15 +1134,15 @@ def compile_model(args, stages):
     output_names = [o.name for o in model.graph.output]
     mod = to_relax(model, shapes, args.pipeline)
     stages.done("imported")
-    target = wasm_target(args.target_features)
+    target = wasm_target(args.target_features, args.threads)
     try:
         lowered = lower(mod, target, args.pipeline, args.tuning_db, stages)
     except Exception as e:  # noqa: BLE001 -- TVM raises its own kinds
         raise tvm_failure("lower", e, model, shapes, args.pipeline, target)
     if _has_unknown_shapes(lowered["main"]):
         raise ModelError(unknown_shape_cause(model, shapes))
-    if args.parallel:
-        lowered, count = parallelize(lowered)
+    if args.threads > 1:
+        lowered, count = parallelize(lowered, args.threads)
         stages.note(f"{count} parallel loops")
     builder = PlanBuilder()
     plan = builder.build(lowered["main"], list(shapes), output_names)

@@ -4,8 +4,8 @@ that ordinary builds apply (compile_model.py --tuning-db).
 Run by `scons tune` (never implicitly). The kernels are the ones
 compile_model.py schedules: the same import and the same pipeline passes,
 so every tuned workload matches a kernel of the build. The search space has
-no parallel loops (wasm32 modules here have no threads) and vectors of at
-most 4 floats (SIMD128).
+vectors of at most 4 floats (SIMD128), and parallel loops only for a
+threaded build (--threads N > 1, TVM_THREADS), sized for N cores.
 
 Candidates are measured where they will run (--measure wasmtime, the
 default): each is compiled for wasm32 with the build's features, linked
@@ -76,6 +76,10 @@ def parse_args(argv):
                    help="the compile pipeline the database is for")
     p.add_argument("--measure", choices=("wasmtime", "native"), default="wasmtime",
                    help="where candidates are timed (default: wasmtime)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="the database is for a build with N threads (TVM_THREADS): parallel loops "
+                        "in the search space; candidates are timed natively on N threads "
+                        "(wasmtime's measurement has no thread pool yet)")
     p.add_argument("--prune", action="store_true",
                    help="afterwards, drop the workloads and records of kernels the model no "
                         "longer has (after a change to the compiler or the model)")
@@ -95,14 +99,19 @@ def kernels(onnx, meta, pipeline, features, input_shape=()):
         return cm.PIPELINES[pipeline](mod)
 
 
-def space():
-    """MetaSchedule's LLVM search space without parallel loops."""
+# MetaSchedule's default: a parallel loop gets up to this many jobs a core.
+JOBS_PER_CORE = 16
+
+
+def space(threads=1):
+    """MetaSchedule's LLVM search space, with parallel loops only for a
+    threaded build (sized by the target's num-cores)."""
     from tvm.s_tir import meta_schedule as ms
 
     rules = [r for r in ms.schedule_rule.ScheduleRule.create("llvm")
              if not isinstance(r, ms.schedule_rule.ParallelizeVectorizeUnroll)]
     rules.append(ms.schedule_rule.ParallelizeVectorizeUnroll(
-        max_jobs_per_core=-1, max_vectorize_extent=4 * VECTOR_LANES,
+        max_jobs_per_core=JOBS_PER_CORE if threads > 1 else -1, max_vectorize_extent=4 * VECTOR_LANES,
         unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True))
     return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs="llvm", mutator_probs="llvm")
 
@@ -134,7 +143,7 @@ def tune(args):
     selected = [i for i, task in enumerate(tasks) if not args.kernels or _named(task, args.kernels)]
     hand_written([tasks[i] for i in selected], database, target, builder, runner)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-        tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(),
+        tasks, work_dir=args.logs or os.path.join(args.database, os.pardir, "logs"), space=space(args.threads),
         strategy=search(args.trials_per_task), num_threads=os.cpu_count() or 1)
     to_go = {i: _trials_wanted(contexts[i], args.trials_per_task) - _records(database, tasks[i])
              for i in selected}
@@ -445,8 +454,11 @@ def _measurement(args):
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    if args.threads > 1 and args.measure != "native":
+        raise cm.ModelError(f"--threads {args.threads}: candidates with parallel loops are timed "
+                            "natively (TUNE_MEASURE=native); wasmtime's measurement has no thread pool")
     if args.measure == "native":
-        return (tvm.target.Target(PROXY_TARGET), ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+        return (tvm.target.Target(dict(PROXY_TARGET, **{"num-cores": args.threads})), ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
                 ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
                     number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=True)))
     from wasmml import wasm_measure

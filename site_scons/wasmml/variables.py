@@ -21,6 +21,8 @@ def plugin_variables(arguments, cargo_registry="auto"):
                                allowed_values=("nhwc", "fold-fuse", "prepack", "default")))
     variables.Add(EnumVariable("TVM_TUNING", "apply the model's tuning database (models/NAME/tuning/)",
                                "on", allowed_values=("on", "off")))
+    variables.Add("TVM_THREADS", "N > 1: kernels with parallel loops, linked into modules that run them "
+                  "on N wasi threads ($TVM_NUM_THREADS at run time overrides N)", "1")
     variables.Add("TUNE_TRIALS", "`scons tune`: measured candidates per kernel", "64")
     variables.Add("TUNE_FOCUS", "`scons tune`: tune only the N kernels that cost most so far (0: all)",
                   "0")

@@ -22,7 +22,7 @@ tunes the model into that database (wasmml/tune_model.py): an explicit,
 resumable step, never run by a build.
 
 Construction variables (all part of the compile's signature; the first
-three can be set for one model from the command line: NAME.OPTION=VALUE):
+five can be set for one model from the command line: NAME.OPTION=VALUE):
     TVM_TARGET_FEATURES  LLVM features for wasm32 (default "+simd128")
     TVM_PIPELINE         "nhwc" (default: convolutions in NHWC, weights in
                          HWIO, constants folded, elementwise work fused),
@@ -34,6 +34,13 @@ three can be set for one model from the command line: NAME.OPTION=VALUE):
                          sets dynamic dims and may not contradict static ones
     TVM_TUNING           "on" (default): apply the model's tuning database
                          if it has one; "off": TVM's untuned kernels
+    TVM_THREADS          N (default 1): with N > 1, kernels with parallel
+                         loops for a module linked with model-runtime's
+                         `threads` feature (cargo_wasm does so when it links
+                         the model), which runs them on N wasi threads
+                         unless $TVM_NUM_THREADS says otherwise at run time;
+                         its database is tuning/<pipeline>/<features>+threadsN/,
+                         else the single-threaded one's schedules
     TUNE_TRIALS          trials per kernel for TVMTune (default 64)
     TUNE_FOCUS           N: TVMTune tunes only the N kernels that cost the
                          model most by its database so far (default 0: all)
@@ -77,14 +84,15 @@ TVMCOM = (
     "$( $PYTHON $TVM_COMPILER $_TVM_QUIET $) --name $TVM_MODEL_NAME --meta ${SOURCES[0]} "
     "--onnx $TVM_ONNX --archive ${TARGETS[0]} --plan ${TARGETS[1]} --weights ${TARGETS[2]} "
     "--llvm-ar $( $LLVM_AR $) --target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE "
-    "$_TVM_SHAPE_FLAGS $( ${'--tuning-db \"%s\"' % TVM_TUNING_DB if TVM_TUNING_DB else ''} $)"
+    "$_TVM_SHAPE_FLAGS $( ${'--tuning-db \"%s\"' % TVM_TUNING_DB if TVM_TUNING_DB else ''} $) "
+    "$_TVM_THREADS_FLAGS"
 )
 TUNECOM = (
     "$PYTHON $TVM_TUNER --name $TVM_MODEL_NAME --meta $TVM_META --onnx $TVM_ONNX "
     "--database \"$TVM_TUNING_DB\" --trials-per-task $TUNE_TRIALS --focus $TUNE_FOCUS $_TVM_SHAPE_FLAGS "
     "${'--kernels \"%s\"' % TUNE_KERNELS if TUNE_KERNELS else ''} "
     "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
-    "${'--prune' if TUNE_PRUNE else ''} "
+    "${'--prune' if TUNE_PRUNE else ''} $_TVM_THREADS_FLAGS "
     "--logs \"${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME\""
 )
 
@@ -125,11 +133,26 @@ def _emitter(target, source, env):
     return targets, sources + [env.File(f) for f in COMPILER_SOURCES]
 
 
-def tuning_dir(meta_node, pipeline, features):
-    """Where a model's tuning database for this pipeline and these target
-    features lives: beside its model.json, in tuning/<pipeline>/<features>
-    (tuning/nhwc/simd128)."""
-    return meta_node.srcnode().dir.Dir("tuning").Dir(compile_model.tuning_subdir(pipeline, features))
+def tuning_dir(meta_node, pipeline, features, threads=1):
+    """Where a model's tuning database for this pipeline, these target
+    features and threads lives: beside its model.json, in
+    tuning/<pipeline>/<features>[+threadsN] (tuning/nhwc/simd128)."""
+    return meta_node.srcnode().dir.Dir("tuning").Dir(
+        compile_model.tuning_subdir(pipeline, features, threads))
+
+
+def threads(env, options=None):
+    """TVM_THREADS of a builder call, checked: an int >= 1. Whether 'auto'
+    should mean the build machine's cores: no, a module runs elsewhere and
+    WASI cannot tell it how many it has; $TVM_NUM_THREADS can at run time."""
+    value = _option(env, options or {}, "TVM_THREADS")
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SCons.Errors.UserError(f"TVM_THREADS={value!r}: expected a number of threads, 1 or more")
+    return n
 
 
 def _option(env, options, name):
@@ -143,14 +166,15 @@ def _applied_tuning(env, meta_node, options):
         return ""
     return compile_model.find_tuning_db(meta_node.srcnode().dir.abspath,
                                         _option(env, options, "TVM_PIPELINE"),
-                                        _option(env, options, "TVM_TARGET_FEATURES")) or ""
+                                        _option(env, options, "TVM_TARGET_FEATURES"),
+                                        threads(env, options)) or ""
 
 
 def _shape_flags(shapes):
     return " ".join(f"--input-shape {s}" for s in SCons.Util.flatten(shapes or []))
 
 
-MODEL_OPTIONS = ("TVM_TARGET_FEATURES", "TVM_PIPELINE", "TVM_INPUT_SHAPES", "TVM_TUNING")
+MODEL_OPTIONS = ("TVM_TARGET_FEATURES", "TVM_PIPELINE", "TVM_INPUT_SHAPES", "TVM_TUNING", "TVM_THREADS")
 
 
 def command_line_options(name):
@@ -174,8 +198,11 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     meta_node, meta, onnx = _model(env, model_json, overrides)
     name = meta["name"]
     out_dir = env.Dir(target_dir)
+    overrides["TVM_THREADS"] = threads(env, overrides)
     compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, TVM_ONNX=onnx,
                                TVM_TUNING_DB=_applied_tuning(env, meta_node, overrides), **overrides)
+    # cargo_wasm links a module of this archive with the runtime's threads
+    compiled[0].attributes.tvm_threads = overrides["TVM_THREADS"]
     nodes = list(compiled)
     nodes += env.Command(out_dir.File(f"{name}.meta.json"), meta_node, _COPY)
     if meta.get("labels"):
@@ -190,7 +217,7 @@ def _tune(env, model_json, **overrides):
     meta_node, meta, onnx = _model(env, model_json, overrides)
     name = meta["name"]
     db = tuning_dir(meta_node, _option(env, overrides, "TVM_PIPELINE"),
-                    _option(env, overrides, "TVM_TARGET_FEATURES"))
+                    _option(env, overrides, "TVM_TARGET_FEATURES"), threads(env, overrides))
     alias = env.Alias(f"tune-{name}", [onnx], SCons.Action.Action("$TUNECOM", "$TUNECOMSTR"),
                       TVM_MODEL_NAME=name, TVM_META=meta_node.srcnode(), TVM_ONNX=onnx,
                       TVM_TUNING_DB=db, **overrides)
@@ -252,6 +279,9 @@ def generate(env):
         TVM_PIPELINE=compile_model.DEFAULT_PIPELINE,
         TVM_INPUT_SHAPES=[],
         TVM_TUNING="on",
+        TVM_THREADS=1,
+        # empty for 1, so a single-threaded build's command, and signature, stay as they were
+        _TVM_THREADS_FLAGS="${'--threads %s' % TVM_THREADS if str(TVM_THREADS) != '1' else ''}",
         TVM_TUNING_DB="",
         TVM_TUNER=TUNER,
         TUNE_TRIALS=64,
@@ -267,7 +297,8 @@ def generate(env):
         _TVM_QUIET="${'--quiet' if __env__.GetOption('silent') else ''}",
         TVMCOM=TVMCOM,
         TVMCOMSTR="Compiling model $TVM_MODEL_NAME with TVM (wasm32 $TVM_TARGET_FEATURES, $TVM_PIPELINE"
-                  "${', tuned' if TVM_TUNING_DB else ''})",
+                  "${', tuned' if TVM_TUNING_DB else ''}"
+                  "${', %s threads' % TVM_THREADS if str(TVM_THREADS) != '1' else ''})",
     )
     if "LLVM_AR" not in env:
         try:
