@@ -1,6 +1,7 @@
 //! With the `threads` feature, assembles the wasi-threads entry point and
 //! the wait/notify helpers (src/threads/wasi_thread_start.s) with llvm-mc
-//! (`$LLVM_MC`, else `llvm-mc` on PATH) and links them.
+//! (`$LLVM_MC`, else `llvm-mc` on PATH) and links them, and makes
+//! `$WASMML_THREADS` (the build's TVM_THREADS) the pool's default size.
 use std::env;
 use std::path::PathBuf;
 use std::process::Command;
@@ -15,6 +16,12 @@ fn main() {
     let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     if !flags.split('\x1f').any(|f| f.contains("+atomics")) {
         panic!("feature `threads` needs RUSTFLAGS with -C target-feature=+atomics,+bulk-memory");
+    }
+    println!("cargo:rerun-if-env-changed=WASMML_THREADS");
+    let threads = env::var("WASMML_THREADS").unwrap_or_else(|_| "2".to_string());
+    match threads.parse::<usize>() {
+        Ok(n) if n >= 1 => println!("cargo:rustc-env=WASMML_DEFAULT_THREADS={}", n),
+        _ => panic!("WASMML_THREADS={:?}: expected a number of threads", threads),
     }
     let src = "src/threads/wasi_thread_start.s";
     println!("cargo:rerun-if-changed={}", src);

@@ -91,7 +91,7 @@ def _crate_files(crate_dir):
         files.append(build_rs)
     for root, dirs, names in os.walk(os.path.join(crate_dir, "src")):
         dirs.sort()
-        files += [os.path.join(root, n) for n in sorted(names) if n.endswith(".rs")]
+        files += [os.path.join(root, n) for n in sorted(names) if n.endswith((".rs", ".s"))]
     return files
 
 

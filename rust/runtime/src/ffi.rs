@@ -90,6 +90,12 @@ pub fn take_last_error() -> Option<String> {
     LAST_ERROR.with(|e| e.borrow_mut().take())
 }
 
+/// Sets the last kernel error: the thread pool's, after a launch.
+#[cfg(feature = "threads")]
+pub(crate) fn set_last_error(message: String) {
+    LAST_ERROR.with(|e| *e.borrow_mut() = Some(message));
+}
+
 unsafe fn c_str(ptr: *const c_char) -> Option<String> {
     if ptr.is_null() {
         None
@@ -109,6 +115,11 @@ pub unsafe extern "C" fn TVMFFIErrorSetRaisedFromCStrParts(
     parts: *const *const c_char,
     num_parts: i32,
 ) {
+    // Inside a parallel loop, perhaps on a worker: kept by the pool instead.
+    #[cfg(feature = "threads")]
+    if crate::threads::in_launch() {
+        return crate::threads::record_error(kind, parts, num_parts);
+    }
     let mut message = c_str(kind).unwrap_or_else(|| "Error".to_string());
     message.push_str(": ");
     if !parts.is_null() {

@@ -33,6 +33,10 @@ Construction variables:
                          [[bin]], else its package name) or, when CARGO_LIB
                          is set, the lib
     CARGO_LTO            "on" (default: the release profile's LTO) or "off"
+    TVM_THREADS          N > 1: link for wasi-threads (model-runtime's
+                         `threads` feature, shared memory, LTO off), N
+                         threads by default; taken from the model linked
+                         (tvm_model's option), else 1
     CARGOFLAGS           extra flags for cargo build
     CARGOCOM, CARGOCOMSTR
 """
@@ -46,7 +50,7 @@ import SCons.Errors
 import SCons.Scanner
 
 import wasmml
-from wasmml import buildlock, buildstate, cargo_project, staging, toolchain
+from wasmml import buildlock, buildstate, cargo_project, staging, toolchain, wasm_module
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
@@ -55,15 +59,32 @@ from wasmml import buildlock, buildstate, cargo_project, staging, toolchain
 # sources of the build.
 CARGOCOM = (
     "env RUSTC=$RUSTC $( \"WASM_MODEL_DIR=$WASM_MODEL_DIR\" $) WASM_MODEL_NAME=$WASM_MODEL_NAME "
-    "$( \"RUSTFLAGS=$_CARGO_RUSTFLAGS\" $) "
+    "$( \"RUSTFLAGS=$_CARGO_RUSTFLAGS\" $) $_CARGO_THREADS_ENV "
     "$CARGO build --release --locked --quiet $( --manifest-path \"$CARGO_MANIFEST\" "
     "--target-dir \"${__env__.Dir(CARGO_TARGET_DIR).abspath}\" $) --target $CARGO_TRIPLE "
-    "${_cargo_artifact_flags(__env__)} $_CARGO_LTO_FLAGS $( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
+    "${_cargo_artifact_flags(__env__)} $_CARGO_LTO_FLAGS $_CARGO_THREADS_FLAGS "
+    "$( $_CARGO_SOURCE_FLAGS $) $CARGOFLAGS"
 )
 # The workspace's release profile links with LTO. Without it a module
 # links several times faster (classify.wasm after an edit: 2 s, not 16 s)
 # and runs a few percent slower; the flag is part of the build signature.
 CARGO_LTO_FLAGS = "${'--config profile.release.lto=false' if CARGO_LTO == 'off' else ''}"
+
+# A module whose kernels have parallel loops (TVM_THREADS=N > 1) runs them on
+# model-runtime's pool of wasi threads (feature `threads`, N threads unless
+# $TVM_NUM_THREADS says otherwise): its code with real atomics, its memory
+# shared, imported and exported (wasm-ld 14 has no --export-memory, so
+# _export_memory adds the export). Debian's std and wasi-libc were built
+# without atomics, so --no-check-features lets them in; the pool's workers
+# never call them. LTO stays off: it would recompile std with atomics, whose
+# errno then becomes thread-local, which wasi-libc's is not.
+# See docs/design.md, "Threads".
+THREADS_RUSTFLAGS = ("-C target-feature=+atomics,+bulk-memory -C link-arg=--shared-memory "
+                     "-C link-arg=--import-memory -C link-arg=--max-memory=4294967296 "
+                     "-C link-arg=--no-check-features")
+CARGO_THREADS_ENV = "${'WASMML_THREADS=%s ' % TVM_THREADS if _cargo_threads(__env__) else ''}"
+CARGO_THREADS_FLAGS = ("${'--features model-runtime/threads --config profile.release.lto=false' "
+                       "if _cargo_threads(__env__) else ''}")
 
 
 # --- scanner -----------------------------------------------------------------
@@ -175,6 +196,8 @@ def _cargo_wasm(env, target, crate_dir, model=None, **overrides):
     if archive is not None:
         overrides.setdefault("WASM_MODEL_DIR", archive.dir.abspath)
         overrides.setdefault("WASM_MODEL_NAME", archive.name[3:-2])
+        # kernels with parallel loops need the runtime's threads (tvm_model)
+        overrides.setdefault("TVM_THREADS", getattr(archive.attributes, "tvm_threads", 1))
     overrides.setdefault("CARGO_BIN", _crate(crate.srcnode().abspath).default_bin)
     overrides["CARGO_MANIFEST"] = manifest.srcnode().abspath
     nodes = env._CargoWasm(target, [manifest] + model, **overrides)
@@ -203,7 +226,35 @@ def _rustflags(env):
     crates = wasmml.crates_dir()
     if crate.patched and os.path.relpath(crates, root).startswith(".."):
         flags += f" --remap-path-prefix={crates}=wasmml-crates"
+    if _threads(env):
+        flags += " " + THREADS_RUSTFLAGS
     return flags
+
+
+def _threads(env):
+    """Whether the module is linked for threads: TVM_THREADS of the call,
+    which CargoWasm takes from the model it links."""
+    try:
+        n = int(env.subst("$TVM_THREADS") or 1)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise SCons.Errors.UserError(f"TVM_THREADS={env.subst('$TVM_THREADS')!r}: expected a number "
+                                     "of threads, 1 or more")
+    if n > 1 and env.subst("$WASM_TARGET") != "wasi":
+        raise SCons.Errors.UserError(f"TVM_THREADS={n}: threads need WASM_TARGET=wasi (wasi-threads)")
+    return n > 1
+
+
+def _export_memory(target, source, env):
+    """A threaded module imports its shared memory; WASI runtimes want it
+    exported as `memory` too."""
+    if _threads(env):
+        path = target[0].abspath
+        with open(path, "rb") as f:
+            module = wasm_module.export_memory(f.read())
+        staging.write_into_place(path, module)
+    return 0
 
 
 def _search_path(env):
@@ -230,6 +281,10 @@ def generate(env):
         CARGOFLAGS="",
         CARGO_LTO="on",
         _CARGO_LTO_FLAGS=CARGO_LTO_FLAGS,
+        TVM_THREADS=1,
+        _cargo_threads=_threads,
+        _CARGO_THREADS_ENV=CARGO_THREADS_ENV,
+        _CARGO_THREADS_FLAGS=CARGO_THREADS_FLAGS,
         WASM_MODEL_DIR="",
         WASM_MODEL_NAME="",
         CARGO_LIB="",
@@ -249,6 +304,7 @@ def generate(env):
             SCons.Action.Action("$CARGOCOM", "$CARGOCOMSTR"),
             SCons.Action.Action(_copy_artifact, None,
                                 varlist=["CARGO_TARGET_DIR", "CARGO_TRIPLE", "CARGO_BIN", "CARGO_LIB"]),
+            SCons.Action.Action(_export_memory, None, varlist=["TVM_THREADS"]),
         ],
         emitter=_emitter,
         source_scanner=CrateScanner,

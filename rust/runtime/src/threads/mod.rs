@@ -1,5 +1,5 @@
 //! TVM's parallel loops on a pool of wasi-threads workers (feature
-//! `threads`, prototype for issue 25).
+//! `threads`; the `cargo_wasm` tool enables it for TVM_THREADS > 1).
 //!
 //! TVM compiles a parallel loop into a lambda and a call of
 //! [`TVMBackendParallelLaunch`]; the lambda splits the loop by
@@ -11,14 +11,21 @@
 //! Workers never call into the C library or into Rust's std (built without
 //! atomics, its locks and thread-locals are not shared-memory safe): they run
 //! kernels, which may allocate workspace, and `ffi`'s workspace allocator
-//! takes a lock in this build. The thread count is `$TVM_NUM_THREADS`
-//! (read once, on the calling thread), else [`DEFAULT_THREADS`].
+//! takes a lock in this build. A kernel error reported during a launch, on
+//! any thread, is kept in the pool's own buffer (no allocation, no
+//! thread-local) and handed to `ffi`'s last error by the launcher. The
+//! thread count is `$TVM_NUM_THREADS` (read once, on the calling thread),
+//! else [`default_threads`].
 
+use std::cell::UnsafeCell;
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::SeqCst};
+use std::os::raw::c_char;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering::SeqCst};
 
-/// Threads when `$TVM_NUM_THREADS` is not set.
-pub const DEFAULT_THREADS: usize = 2;
+/// Threads when `$TVM_NUM_THREADS` is not set: the build's TVM_THREADS.
+pub fn default_threads() -> usize {
+    env!("WASMML_DEFAULT_THREADS").parse().unwrap_or(1)
+}
 /// Most threads a pool starts.
 const MAX_THREADS: usize = 64;
 /// Each worker's shadow stack.
@@ -105,7 +112,7 @@ fn wanted_threads() -> usize {
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
         .filter(|&n| n >= 1)
-        .unwrap_or(DEFAULT_THREADS)
+        .unwrap_or_else(default_threads)
         .min(MAX_THREADS)
 }
 
@@ -175,6 +182,7 @@ pub unsafe extern "C" fn TVMBackendParallelLaunch(
     POOL.cdata.store(cdata as usize, SeqCst);
     POOL.num_task.store(num_task, SeqCst);
     POOL.failed.store(false, SeqCst);
+    ERROR.clear();
     let workers = threads as i32 - 1;
     POOL.pending.store(workers, SeqCst);
     POOL.generation.fetch_add(1, SeqCst);
@@ -190,7 +198,122 @@ pub unsafe extern "C" fn TVMBackendParallelLaunch(
     }
     let failed = failed || POOL.failed.load(SeqCst);
     POOL.busy.store(false, SeqCst);
-    if failed { -1 } else { 0 }
+    if failed {
+        if let Some(message) = ERROR.take() {
+            crate::ffi::set_last_error(message);
+        }
+        return -1;
+    }
+    0
+}
+
+/// Whether a launch is running: a kernel error is then kept in the pool.
+pub(crate) fn in_launch() -> bool {
+    POOL.busy.load(SeqCst)
+}
+
+/// The first kernel error of a launch, as bytes: written by whichever task
+/// claims it first, with no allocation (workers must not call the
+/// allocator unlocked, nor std), read by the launcher after all are done.
+struct ErrorSlot {
+    claimed: AtomicBool,
+    len: AtomicUsize,
+    bytes: UnsafeCell<[u8; ERROR_BYTES]>,
+}
+
+const ERROR_BYTES: usize = 1024;
+
+// Written only by the task that claimed it, read only once all have finished.
+unsafe impl Sync for ErrorSlot {}
+
+static ERROR: ErrorSlot = ErrorSlot {
+    claimed: AtomicBool::new(false),
+    len: AtomicUsize::new(0),
+    bytes: UnsafeCell::new([0; ERROR_BYTES]),
+};
+
+impl ErrorSlot {
+    fn clear(&self) {
+        self.len.store(0, SeqCst);
+        self.claimed.store(false, SeqCst);
+    }
+
+    fn take(&self) -> Option<String> {
+        if !self.claimed.load(SeqCst) {
+            return None;
+        }
+        let len = self.len.load(SeqCst);
+        let bytes = unsafe { &(*self.bytes.get())[..len] };
+        let text = String::from_utf8_lossy(bytes);
+        Some(text.split_whitespace().collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// Records a kernel error reported during a launch (see
+/// `ffi::TVMFFIErrorSetRaisedFromCStrParts`): "KIND: PARTS...", cut at
+/// ERROR_BYTES; only the first of a launch is kept.
+///
+/// # Safety
+/// As that function's: null or NUL-terminated strings.
+pub(crate) unsafe fn record_error(kind: *const c_char, parts: *const *const c_char, num_parts: i32) {
+    if ERROR.claimed.swap(true, SeqCst) {
+        return;
+    }
+    let buf = &mut *ERROR.bytes.get();
+    let mut len = 0;
+    let mut push = |s: *const c_char| {
+        let mut p = s as *const u8;
+        while !p.is_null() && *p != 0 && len < ERROR_BYTES {
+            buf[len] = *p;
+            len += 1;
+            p = p.add(1);
+        }
+    };
+    push(if kind.is_null() { b"Error\0".as_ptr() as *const c_char } else { kind });
+    push(b": \0".as_ptr() as *const c_char);
+    if !parts.is_null() {
+        for i in 0..num_parts.max(0) as usize {
+            push(*parts.add(i));
+        }
+    }
+    ERROR.len.store(len, SeqCst);
+}
+
+/// Checks the pool: `launches` launches of a lambda that counts each
+/// task's runs, waits at a barrier, then checks every task of the launch
+/// counted as often as it (tests; `wasmml_pool_stress` below). Returns the
+/// threads the pool has, or what went wrong.
+pub fn stress(launches: u32) -> Result<usize, String> {
+    struct Counts {
+        runs: [AtomicU32; MAX_THREADS],
+        wrong: AtomicU32,
+    }
+    unsafe extern "C" fn lambda(task_id: i32, penv: *mut TVMParallelGroupEnv, cdata: *mut c_void) -> i32 {
+        let counts = &*(cdata as *const Counts);
+        let num_task = (*penv).num_task as usize;
+        let mine = counts.runs[task_id as usize].fetch_add(1, SeqCst) + 1;
+        TVMBackendParallelBarrier(task_id, penv);
+        if counts.runs[..num_task].iter().any(|r| r.load(SeqCst) != mine) {
+            counts.wrong.fetch_add(1, SeqCst);
+        }
+        TVMBackendParallelBarrier(task_id, penv);
+        0
+    }
+    const ZERO: AtomicU32 = AtomicU32::new(0);
+    let counts = Counts { runs: [ZERO; MAX_THREADS], wrong: AtomicU32::new(0) };
+    let threads = threads();
+    for launch in 0..launches {
+        let status = unsafe { TVMBackendParallelLaunch(lambda, &counts as *const Counts as *mut c_void, 0) };
+        if status != 0 {
+            return Err(format!("launch {} returned {}", launch, status));
+        }
+    }
+    let runs: Vec<u32> = counts.runs[..threads].iter().map(|r| r.load(SeqCst)).collect();
+    if counts.wrong.load(SeqCst) != 0 || runs.iter().any(|&r| r != launches) {
+        return Err(format!("{} threads, {} launches: runs per task {:?}, {} tasks saw others' counts differ",
+                           threads, launches, runs, counts.wrong.load(SeqCst)));
+    }
+    Ok(threads)
 }
 
 /// A barrier among the `penv.num_task` tasks of the running launch.

@@ -1,0 +1,53 @@
+"""Small edits of a linked WebAssembly module's binary; no SCons import."""
+
+EXPORT_SECTION = 7
+MEMORY_KIND = 2
+
+
+def _leb(data, i):
+    """(unsigned LEB128 value at data[i], the index after it)"""
+    value = shift = 0
+    while True:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def _uleb(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def export_memory(module, name=b"memory"):
+    """`module` (bytes) with its memory 0 also exported as `name`: a module
+    linked with --import-memory (a shared memory, for threads) exports none,
+    wasm-ld 14 has no --export-memory, and WASI runtimes read a command's
+    arguments and files through its exported memory. Unchanged if it is
+    exported already; a ValueError if the module has no export section."""
+    if module[:4] != b"\0asm":
+        raise ValueError("not a WebAssembly module")
+    out, i = bytearray(module[:8]), 8
+    found = False
+    while i < len(module):
+        section = module[i]
+        size, start = _leb(module, i + 1)
+        body = module[start:start + size]
+        if section == EXPORT_SECTION:
+            found = True
+            count, j = _leb(body, 0)
+            entries = body[j:]
+            entry = _uleb(len(name)) + name + bytes([MEMORY_KIND]) + _uleb(0)
+            if entry not in entries:  # a plain check: the entries of this module are few and short
+                body = _uleb(count + 1) + entries + entry
+        out += bytes([section]) + _uleb(len(body)) + body
+        i = start + size
+    if not found:
+        raise ValueError("the module has no export section")
+    return bytes(out)
