@@ -592,7 +592,9 @@ def _tuned_kernels(mod):
 # A parallel loop inside serial loops is launched once per iteration of
 # theirs: ResNet50's 1x1 convolutions whose spatial loop sits inside a
 # reduction loop of 256 ran 4.7x slower on 2 threads (a launch and a wake-up
-# per iteration) than on one. Such nests stay serial.
+# per iteration) than on one. Such loops are split and hoisted outside the
+# reduction loops (_hoisted) where that is exact, else made parallel inside
+# at most this many launches, else left serial.
 MAX_LAUNCHES = 8
 
 
@@ -608,7 +610,9 @@ def parallelize(mod, threads):
     data (_is_parallel_safe): the one whose iterations split most evenly
     among `threads` (a loop of 3 on 2 threads wastes a quarter), the
     outermost of equals, since a loop inside others is launched once per
-    iteration of theirs. Rewritten on the TIR itself, not with a schedule:
+    iteration of theirs: where that is so, a loop under loops of reductions
+    only is split in `threads` chunks outside them instead (_hoisted).
+    Rewritten on the TIR itself, not with a schedule:
     the loop-partitioned kernels of the default pipeline define block
     variables twice, which a schedule refuses. Returns the module and the
     number of parallel loops made."""
@@ -651,7 +655,7 @@ def _parallelize_nests(stmt, threads):
            and isinstance(node.min, tvm.tirx.IntImm) and node.min.value == 0):
         chain.append(node)
         node = node.body
-    best, best_score, launches = None, 0.0, 1
+    best, best_score, best_launches, launches = None, 0.0, 1, 1
     for depth, loop in enumerate(chain):
         extent = loop.extent.value
         if launches > MAX_LAUNCHES:
@@ -660,8 +664,14 @@ def _parallelize_nests(stmt, threads):
             # the share of the threads' time spent working, less a little a launch
             score = extent / (threads * -(-extent // threads)) - 0.01 * math.log2(launches)
             if score > best_score + 1e-9:
-                best, best_score = depth, score
+                best, best_score, best_launches = depth, score, launches
         launches *= extent
+    if best is not None and best_launches == 1:
+        return _rebuilt(chain[:best + 1], chain[best].body, parallel=True), 1
+    # inside loops of reductions: their loop made parallel outside them, launched once
+    hoisted = _hoisted(chain, threads) if chain else None
+    if hoisted is not None:
+        return hoisted, 1
     if best is not None:
         return _rebuilt(chain[:best + 1], chain[best].body, parallel=True), 1
     if not chain:
@@ -669,6 +679,69 @@ def _parallelize_nests(stmt, threads):
     # none of them (a tile loop of 1 around several nests): the nests inside
     body, made = _parallelize_nests(node, threads)
     return (_rebuilt(chain, body), made) if made else (stmt, 0)
+
+
+def _hoisted(chain, threads):
+    """The nest of `chain` with one of its data-parallel loops split in
+    `threads` chunks and the chunks' loop made parallel outside the whole
+    nest, or None. For a loop inside serial loops that bind only reduction
+    variables (a 1x1 convolution's pixels inside its loop over input
+    channels): launched once a call instead of once per iteration of
+    theirs. Each output element's sums run in the same order, by one
+    thread. Only where one block writes what the nest computes and no
+    other block under it reads that, so the loops above carry no data from
+    one chunk to another."""
+    import tvm
+
+    best, best_score = None, 0.0
+    for depth, loop in enumerate(chain):
+        extent = loop.extent.value
+        if depth == 0 or extent < threads or not _is_parallel_safe(loop.body, loop.loop_var):
+            continue
+        outer = [l.loop_var for l in chain[:depth] if l.extent.value > 1]
+        if not _only_reductions_above(loop, outer):
+            continue
+        score = extent / (threads * -(-extent // threads))
+        if score > best_score + 1e-9:
+            best, best_score = depth, score
+    if best is None:
+        return None
+    loop = chain[best]
+    dtype = str(loop.extent.ty)
+    chunk = tvm.tirx.IntImm(dtype, -(-loop.extent.value // threads))
+    task = tvm.tirx.Var(f"{loop.loop_var.name}_task", dtype)
+    # the same loop variable over this task's chunk: the blocks' bindings stay as they are
+    body = loop.body
+    if chunk.value * threads != loop.extent.value:
+        body = tvm.tirx.IfThenElse(loop.loop_var < loop.extent, body, None)
+    body = tvm.tirx.For(loop.loop_var, task * chunk, chunk, tvm.tirx.ForKind.SERIAL, body, None,
+                        loop.annotations)
+    body = _rebuilt(chain[:best], body)
+    return tvm.tirx.For(task, tvm.tirx.IntImm(dtype, 0), tvm.tirx.IntImm(dtype, threads),
+                        tvm.tirx.ForKind.PARALLEL, body)
+
+
+def _only_reductions_above(loop, outer):
+    """Whether the loops over `outer`, around `loop`, bind only reduction
+    variables of the blocks under it, and the one block under it that
+    writes outside it reads nothing another writes."""
+    import tvm
+
+    realizes, local, _ = _blocks(loop.body)
+    shared = [r for r in realizes
+              if not all(any(_data(w).same_as(b) for b in local) for w in r.block.writes)]
+    if len(shared) != 1:
+        return False
+    written = [_data(w) for w in shared[0].block.writes]
+    for realize in realizes:
+        for iter_var, value in zip(realize.block.iter_vars, realize.iter_values):
+            used = tvm.tirx.analysis.undefined_vars(value)
+            if (iter_var.iter_type == tvm.tirx.IterVar.DataPar
+                    and any(v.same_as(o) for v in used for o in outer)):
+                return False
+        if realize is not shared[0] and any(_data(r).same_as(w) for r in realize.block.reads for w in written):
+            return False
+    return True
 
 
 def _rebuilt(chain, body, parallel=False):
@@ -687,6 +760,30 @@ def _is_parallel_safe(stmt, var):
     disjoint data: each block under it (looking inside opaque ones) binds
     `var` to data-parallel block variables only, and one that does not bind
     it at all writes only buffers allocated under the loop."""
+    import tvm
+
+    realizes, local, stores = _blocks(stmt)
+    for realize in realizes:
+        bound = False
+        for iter_var, value in zip(realize.block.iter_vars, realize.iter_values):
+            if any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(value)):
+                if iter_var.iter_type != tvm.tirx.IterVar.DataPar:
+                    return False
+                bound = True
+        if not bound and not all(any(_data(w).same_as(b) for b in local) for w in realize.block.writes):
+            return False
+    return bool(realizes) and not stores
+
+
+def _data(region):
+    """The data variable of the buffer a block's read or write region is of."""
+    return region.source.data
+
+
+def _blocks(stmt):
+    """(the blocks under `stmt`, looking inside opaque ones, as
+    SBlockRealize; the data of buffers allocated under it; the stores
+    outside any block)."""
     import tvm
 
     realizes, local, stores = [], [], []
@@ -712,17 +809,7 @@ def _is_parallel_safe(stmt, var):
             walk(node.body)
 
     walk(stmt)
-    for realize in realizes:
-        bound = False
-        for iter_var, value in zip(realize.block.iter_vars, realize.iter_values):
-            if any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(value)):
-                if iter_var.iter_type != tvm.tirx.IterVar.DataPar:
-                    return False
-                bound = True
-        if not bound and not all(any(w.buffer.data.same_as(b) for b in local)
-                                 for w in realize.block.writes):
-            return False
-    return bool(realizes) and not stores
+    return realizes, local, stores
 
 
 def build_object(mod, target, path):
