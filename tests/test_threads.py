@@ -178,3 +178,24 @@ def test_pixels_inside_the_channel_loop_are_split_outside_it_and_sum_the_same(th
         assert count in (1, 3), sch.trace
         assert launches(mod["main"]) in ([1], [1, 1, 1]), (launches(mod["main"]), mod["main"].script())
         np.testing.assert_array_equal(run(mod), serial)
+
+
+@pytest.fixture(scope="module")
+def pool_stress(tmp_path_factory, scons):
+    """tests/programs/pool-stress linked for 4 threads by default."""
+    top = tmp_path_factory.mktemp("pool-stress")
+    scons(f"CRATES={REPO / 'tests' / 'programs' / 'pool-stress'}", "TVM_THREADS=4", cwd=top)
+    return top / "build" / "pool-stress.wasm"
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4, 7, None])
+def test_pool_survives_many_launches_with_barriers(pool_stress, threads):
+    """model-runtime's threads::stress: 3000 launches, each task counting its
+    runs and checking every other task's between two barriers; 7 threads on
+    fewer cores, so workers are preempted mid-launch. None: the build's 4."""
+    env = {k: v for k, v in os.environ.items() if k != "RUST_BACKTRACE"}
+    count = ["--env", f"TVM_NUM_THREADS={threads}"] if threads else []
+    proc = subprocess.run([wasmtime_cli(), "run", *THREADED_RUN, *count, str(pool_stress), "3000"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["threads", str(threads or 4), "launches", "3000"]
