@@ -199,3 +199,29 @@ def test_pool_survives_many_launches_with_barriers(pool_stress, threads):
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["threads", str(threads or 4), "launches", "3000"]
+
+
+def test_tuning_for_threads_finds_parallel_schedules_and_the_threaded_build_applies_them(scons, tmp_path):
+    """`scons tune TVM_THREADS=2 TUNE_MEASURE=native`: a database of its own
+    (tuning/nhwc/simd128+threads2) whose schedules have parallel loops,
+    which the threaded build applies; its module still matches onnxruntime
+    on 2 threads. The single-threaded build does not take it."""
+    from test_tuning import TRIALS, conv_relu_model
+
+    model, model_json = conv_relu_model(tmp_path / "model")
+    top = tmp_path / "top"
+    top.mkdir()
+    args = [f"MODELS={model_json}", f"TUNE_TRIALS={TRIALS}", "TVM_THREADS=2"]
+    tuned = scons("tune", *args, "TUNE_MEASURE=native", cwd=top)
+    assert "Tuning model tiny_conv" in tuned.stdout, tuned.stdout
+    db = model_json.parent / "tuning" / "nhwc" / "simd128+threads2"
+    records = (db / "database_tuning_record.json").read_text()
+    assert "meta_schedule.parallel" in records, tuned.stdout
+    assert not (model_json.parent / "tuning" / "nhwc" / "simd128").exists()
+
+    built = scons(*args, cwd=top)
+    assert "(wasm32 +simd128, nhwc, tuned, 2 threads)" in built.stdout, built.stdout
+    wasm = top / "build" / "tiny_conv" / "run-model.wasm"
+    assert_matches_onnxruntime(run_cli(2), wasm, model, tmp_path / "io")
+    single = scons(f"MODELS={model_json}", cwd=top)
+    assert ", tuned" not in single.stdout, single.stdout
