@@ -376,6 +376,9 @@ def amdahl(first, times, at=8):
     if first != 1 or k == 1:
         return
     speedup = times[1] / times[k]
+    if speedup <= 1:
+        print(f"\nAmdahl: no speed-up at {k} threads ({speedup:.2f}x): were the cores busy? No estimate")
+        return
     serial = min(1.0, max(0.0, (k / speedup - 1) / (k - 1)))
     estimate = 1 / (serial + (1 - serial) / at)
     print(f"\nAmdahl: {speedup:.2f}x at {k} threads is a serial fraction of {serial:.0%}; "
