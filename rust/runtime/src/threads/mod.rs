@@ -91,10 +91,17 @@ static POOL: Pool = Pool {
     barrier_generation: AtomicI32::new(0),
 };
 
+/// Loads of a cell a waiting thread spins through before it sleeps in
+/// `memory.atomic.wait32` (about a millisecond): a model's kernels follow
+/// one another closely, and waking a sleeping worker took about 50 us a
+/// launch on a 2-core VM (EfficientNet-Lite0's 7x7 depthwise kernels,
+/// 0.09 ms on one thread, took 0.5 ms on two with 2000 spins).
+const SPINS: u32 = 1 << 20;
+
 fn wait_while_equal(cell: &AtomicI32, value: i32) {
     let mut spins = 0u32;
     while cell.load(SeqCst) == value {
-        if spins < 2000 {
+        if spins < SPINS {
             spins += 1;
             std::hint::spin_loop();
         } else {
