@@ -48,6 +48,20 @@ def test_onnxruntime_web_matches_onnxruntime(io):
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+def test_onnxruntime_web_runs_on_two_threads_under_node(io):
+    """numThreads = 2 is honoured under Node (Emscripten pthreads on
+    worker_threads), not silently dropped to 1: the benchmark's threaded
+    rows compare against it."""
+    path, expected = io
+    config = {"model": str(ONNX), "runs": 2, "threads": 2, "output": str(path / "ort2.out"),
+              "inputs": {"input": {"file": str(path / "input.bin"), "shape": SHAPE}}}
+    proc = subprocess.run(["node", str(BENCH / "ort_web.mjs"), json.dumps(config)], cwd=BENCH,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["threads"] == 2, proc.stderr
+    np.testing.assert_allclose(np.fromfile(config["output"], dtype=np.float32), expected, atol=1e-4)
+
+
 def test_tfjs_wasm_runs_the_converted_graph_like_onnxruntime(io):
     import tfjs_graph
 
