@@ -22,6 +22,8 @@ import jwt
 import jwt.algorithms
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from wasmml.wasm_module import read_uleb, uleb
+
 SECTION = "jwt"
 # wasmCloud's later tools write this name; hosts still read `jwt`. Both are
 # dropped before hashing so a module never carries two tokens.
@@ -158,25 +160,11 @@ def _read_or_create_seed(kind, path):
 
 # ------------------------------------------------------ module sections
 
-def _leb128(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _read_leb128(data, pos):
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 28:
-            raise WascapError("malformed section header")
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not byte & 0x80:
-            return value, pos
+    try:
+        return read_uleb(data, pos)
+    except ValueError:
+        raise WascapError("malformed section header") from None
 
 
 def _sections(wasm):
@@ -220,8 +208,8 @@ def read_token(wasm):
 
 def custom_section(name, payload):
     name = name.encode()
-    content = _leb128(len(name)) + name + payload
-    return b"\0" + _leb128(len(content)) + content
+    content = uleb(len(name)) + name + payload
+    return b"\0" + uleb(len(content)) + content
 
 
 # --------------------------------------------------------------- tokens

@@ -4,10 +4,13 @@ EXPORT_SECTION = 7
 MEMORY_KIND = 2
 
 
-def _leb(data, i):
-    """(unsigned LEB128 value at data[i], the index after it)"""
+def read_uleb(data, i):
+    """(the unsigned 32-bit LEB128 value at data[i], the index after it);
+    ValueError if it runs off the end or past 32 bits."""
     value = shift = 0
     while True:
+        if i >= len(data) or shift > 28:
+            raise ValueError("malformed LEB128 number")
         byte = data[i]
         i += 1
         value |= (byte & 0x7F) << shift
@@ -16,7 +19,8 @@ def _leb(data, i):
             return value, i
 
 
-def _uleb(n):
+def uleb(n):
+    """`n` as unsigned LEB128."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -37,16 +41,16 @@ def export_memory(module, name=b"memory"):
     found = False
     while i < len(module):
         section = module[i]
-        size, start = _leb(module, i + 1)
+        size, start = read_uleb(module, i + 1)
         body = module[start:start + size]
         if section == EXPORT_SECTION:
             found = True
-            count, j = _leb(body, 0)
+            count, j = read_uleb(body, 0)
             entries = body[j:]
-            entry = _uleb(len(name)) + name + bytes([MEMORY_KIND]) + _uleb(0)
+            entry = uleb(len(name)) + name + bytes([MEMORY_KIND]) + uleb(0)
             if entry not in entries:  # a plain check: the entries of this module are few and short
-                body = _uleb(count + 1) + entries + entry
-        out += bytes([section]) + _uleb(len(body)) + body
+                body = uleb(count + 1) + entries + entry
+        out += bytes([section]) + uleb(len(body)) + body
         i = start + size
     if not found:
         raise ValueError("the module has no export section")
