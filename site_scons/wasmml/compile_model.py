@@ -468,6 +468,19 @@ def _feature_list(features):
     return [f.strip() for f in features.split(",") if f.strip()]
 
 
+def thread_count(value):
+    """TVM_THREADS as an int >= 1; ValueError with the one-line reason.
+    Not 'auto' (the build machine's cores): a module runs elsewhere, and
+    WASI cannot tell it how many it has; $TVM_NUM_THREADS can at run time."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1:
+        raise ValueError(f"TVM_THREADS={value!r}: expected a number of threads, 1 or more")
+    return n
+
+
 def tuning_subdir(pipeline, features, threads=1):
     """Where, under a model's tuning/, its database for this pipeline, these
     features and this thread count lives (nhwc/simd128, nhwc/simd128+threads2):

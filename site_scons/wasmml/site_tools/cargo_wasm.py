@@ -50,7 +50,7 @@ import SCons.Errors
 import SCons.Scanner
 
 import wasmml
-from wasmml import buildlock, buildstate, cargo_project, staging, toolchain, wasm_module
+from wasmml import buildlock, buildstate, cargo_project, compile_model, staging, toolchain, wasm_module
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
@@ -235,12 +235,9 @@ def _threads(env):
     """Whether the module is linked for threads: TVM_THREADS of the call,
     which CargoWasm takes from the model it links."""
     try:
-        n = int(env.subst("$TVM_THREADS") or 1)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise SCons.Errors.UserError(f"TVM_THREADS={env.subst('$TVM_THREADS')!r}: expected a number "
-                                     "of threads, 1 or more")
+        n = compile_model.thread_count(env.subst("$TVM_THREADS") or 1)
+    except ValueError as e:
+        raise SCons.Errors.UserError(str(e)) from None
     if n > 1 and env.subst("$WASM_TARGET") != "wasi":
         raise SCons.Errors.UserError(f"TVM_THREADS={n}: threads need WASM_TARGET=wasi (wasi-threads)")
     return n > 1

@@ -142,17 +142,11 @@ def tuning_dir(meta_node, pipeline, features, threads=1):
 
 
 def threads(env, options=None):
-    """TVM_THREADS of a builder call, checked: an int >= 1. Whether 'auto'
-    should mean the build machine's cores: no, a module runs elsewhere and
-    WASI cannot tell it how many it has; $TVM_NUM_THREADS can at run time."""
-    value = _option(env, options or {}, "TVM_THREADS")
+    """TVM_THREADS of a builder call, checked: an int >= 1."""
     try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise SCons.Errors.UserError(f"TVM_THREADS={value!r}: expected a number of threads, 1 or more")
-    return n
+        return compile_model.thread_count(_option(env, options or {}, "TVM_THREADS"))
+    except ValueError as e:
+        raise SCons.Errors.UserError(str(e)) from None
 
 
 def _option(env, options, name):
