@@ -170,6 +170,69 @@ def test_pixels_inside_the_channel_loop_are_split_outside_it_and_sum_the_same(th
         np.testing.assert_array_equal(run(mod), serial)
 
 
+def one_by_one_convolution(channels_in, channels_out, size=14):
+    """A 1x1 convolution and ReLU (NHWC) as a PrimFunc, and random inputs."""
+    import tvm
+    from tvm import te, topi
+
+    x = te.placeholder((1, size, size, channels_in), name="x")
+    w = te.placeholder((1, 1, channels_in, channels_out), name="w")
+    y = topi.nn.relu(topi.nn.conv2d_nhwc(x, w, 1, 0, 1))
+    rng = np.random.default_rng(0)
+    args = [rng.standard_normal((1, size, size, channels_in), dtype=np.float32),
+            rng.standard_normal((1, 1, channels_in, channels_out), dtype=np.float32)]
+    return tvm.IRModule({"main": te.create_prim_func([x, w, y])}), args
+
+
+def test_parallel_bodies_keep_noalias_so_inputs_are_loaded_once_as_in_the_serial_kernel():
+    """In a parallel loop's lambda LLVM cannot tell that storing a sum leaves
+    the input alone, and reloads the input floats after the stores
+    (docs/threads-noalias.md); the threaded pipeline outlines each body into
+    a noalias function, and the kernel loads them as often as the serial one."""
+    import tvm
+
+    mod, _ = one_by_one_convolution(256, 64)
+    serial_target = compile_model.wasm_target("+simd128")
+    threaded = compile_model.wasm_target("+simd128", 2)
+    assert compile_model.tir_pipeline(serial_target) == "default"
+
+    def scalar_loads(mod, target, pipeline):
+        return tvm.tirx.build(mod, target=target, pipeline=pipeline).inspect_source("ll").count("load float")
+
+    reloads_without = 0
+    for sch in pointwise.candidates(mod)[:4]:
+        serial = scalar_loads(sch.mod, serial_target, "default")
+        parallel, _ = compile_model.parallelize(sch.mod, 2)
+        reloads_without += scalar_loads(parallel, threaded, "default") - serial
+        assert scalar_loads(parallel, threaded, compile_model.tir_pipeline(threaded)) == serial, sch.trace
+    assert reloads_without > 0, "TVM's own lambdas no longer reload: the outlining may be unneeded"
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_outlined_parallel_bodies_compute_the_same_bits_on_real_threads(threads):
+    """The threaded pipeline's kernels, built natively and run on TVM's own
+    thread pool, give the serial kernel's bits."""
+    import tvm
+
+    mod, args = one_by_one_convolution(64, 32)
+
+    def run(mod, target, pipeline):
+        out = tvm.runtime.tensor(np.zeros((1, 14, 14, 32), np.float32))
+        built = tvm.tirx.build(mod, target=target, pipeline=pipeline)
+        # the outlined bodies, inlined back, leave their noalias as alias scopes
+        assert ("!alias.scope" in built.inspect_source("ll")) == (pipeline != "default")
+        built["main"](*map(tvm.runtime.tensor, args), out)
+        return out.numpy()
+
+    native = tvm.target.Target({"kind": "llvm", "num-cores": threads})
+    assert compile_model.tir_pipeline(native) != "default"
+    for sch in pointwise.candidates(mod)[:4]:
+        serial = run(sch.mod, "llvm", "default")
+        parallel, count = compile_model.parallelize(sch.mod, threads)
+        assert count
+        np.testing.assert_array_equal(run(parallel, native, compile_model.tir_pipeline(native)), serial)
+
+
 @pytest.fixture(scope="module")
 def pool_stress(tmp_path_factory, scons):
     """tests/programs/pool-stress linked for 4 threads by default."""

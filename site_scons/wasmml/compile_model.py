@@ -457,6 +457,18 @@ def wasm_target(features, threads=1):
     return tvm.target.Target(target)
 
 
+def tir_pipeline(target):
+    """The TIR pipeline that builds kernels for `target`: TVM's default, or
+    for a threaded target the default followed by parallel_noalias's
+    outlining, which gives the parallel loops' bodies back the `noalias`
+    their lambdas lose."""
+    if int(target.attrs.get("num-cores", 1)) > 1:
+        from wasmml import parallel_noalias
+
+        return parallel_noalias.pipeline_name()
+    return "default"
+
+
 def tuning_slug(features):
     """The directory name of a tuning database for these wasm features:
     "+simd128" -> simd128, "+simd128,+relaxed-simd" -> simd128+relaxed-simd."""
@@ -830,7 +842,8 @@ def _blocks(stmt):
 def build_object(mod, target, path):
     from tvm import relax
 
-    ex = relax.build(mod, target, relax_pipeline=None, system_lib=True)
+    ex = relax.build(mod, target, relax_pipeline=None, tir_pipeline=tir_pipeline(target),
+                     system_lib=True)
     ex.mod.imports[0].write_to_file(path)
 
 

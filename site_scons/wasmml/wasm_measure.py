@@ -19,7 +19,7 @@ import time
 import numpy as np
 import wasmtime
 
-from wasmml import toolchain
+from wasmml import compile_model, toolchain
 
 ENTRY = "__tvm_ffi_main"  # TVM-FFI's safe-call symbol of the PrimFunc "main"
 STACK_BYTES = 1 << 20
@@ -42,7 +42,7 @@ def build_kernel(mod, target, params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod.with_attr("system_lib_prefix", ""))
-    return tvm.tirx.build(mod, target=target)
+    return tvm.tirx.build(mod, target=target, pipeline=compile_model.tir_pipeline(target))
 
 
 def export_wasm(rt_mod):
