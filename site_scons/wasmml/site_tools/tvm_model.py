@@ -73,7 +73,7 @@ COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
 COMPILER_SOURCES = [COMPILER] + [os.path.join(_WASMML_DIR, module)
                                for module in ("winograd.py", "pointwise.py", "packed_conv.py",
                                               "schedule_blocks.py", "fold_batch_norm.py",
-                                              "model_json.py")]
+                                              "parallel_noalias.py", "model_json.py")]
 TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
 TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
 
