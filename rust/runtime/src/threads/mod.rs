@@ -53,6 +53,12 @@ extern "C" {
     fn thread_spawn(start_arg: *mut StartArg) -> i32;
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    /// WASI's own call, not libc's: safe on a worker.
+    fn sched_yield() -> u16;
+}
+
 /// What `wasi_thread_start` gets: the stack top first (the assembly reads
 /// offset 0), then the worker's task id.
 #[repr(C)]
@@ -97,13 +103,21 @@ static POOL: Pool = Pool {
 /// launch on a 2-core VM (EfficientNet-Lite0's 7x7 depthwise kernels,
 /// 0.09 ms on one thread, took 0.5 ms on two with 2000 spins).
 const SPINS: u32 = 1 << 20;
+/// Spins between yields of the core: with more threads than cores, a
+/// spinning thread would otherwise hold a core that a thread with work to
+/// do is waiting for.
+const SPINS_PER_YIELD: u32 = 256;
 
 fn wait_while_equal(cell: &AtomicI32, value: i32) {
     let mut spins = 0u32;
     while cell.load(SeqCst) == value {
         if spins < SPINS {
             spins += 1;
-            std::hint::spin_loop();
+            if spins % SPINS_PER_YIELD == 0 {
+                unsafe { sched_yield() };
+            } else {
+                std::hint::spin_loop();
+            }
         } else {
             unsafe { wasmml_wait32(cell as *const AtomicI32 as *const i32, value) };
         }
