@@ -234,7 +234,7 @@ def test_unwritable_build_directory_is_one_line(repo, tmp_path):
     blocked.write_text("a file where the build directory should be\n")
     out = blocked / "good"
     proc = subprocess.run(
-        [sys.executable, str(repo / "site_scons" / "wasmml" / "compile_model.py"),
+        [sys.executable, str(repo / "site_scons" / "wasmml" / "compiler" / "__main__.py"),
          "--name", "good", "--meta", str(meta), "--onnx", str(meta.parent / "good.onnx"),
          "--archive", str(out / "libgood.a"), "--plan", str(out / "good.plan.json"),
          "--weights", str(out / "good.weights"), "--llvm-ar", toolchain.find_llvm_ar()],

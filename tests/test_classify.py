@@ -313,7 +313,7 @@ def test_relaxed_simd_build_applies_its_own_database_and_matches_onnxruntime(
     built = scons(f"MODELS={MODEL_DIR / 'model.json'}", "TVM_TARGET_FEATURES=+simd128,+relaxed-simd",
                   cwd=tmp_path)
     sys.path.insert(0, str(REPO / "site_scons"))
-    from wasmml.compile_model import find_tuning_db
+    from wasmml.tuning_db import find_tuning_db
 
     applied = find_tuning_db(str(MODEL_DIR), "nhwc", "+simd128,+relaxed-simd")
     assert applied == str(MODEL_DIR / "tuning" / "nhwc" / "simd128+relaxed-simd")

@@ -15,7 +15,10 @@ from tvm.s_tir import meta_schedule as ms
 from conftest import REPO, assert_matches_onnxruntime, save_model, tuning_records
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml import compile_model, depthwise, tune_model, wasm_measure  # noqa: E402
+from wasmml.compiler.kernels import depthwise  # noqa: E402
+from wasmml.compiler.target import wasm_target  # noqa: E402
+from wasmml.tuner import wasm_measure  # noqa: E402
+from wasmml.tuner.search import model_kernels  # noqa: E402
 
 SIZE = 14
 CHANNELS = 24
@@ -53,9 +56,9 @@ def depthwise_model(path):
 def depthwise_kernels(tmp_path_factory):
     _, meta = depthwise_model(tmp_path_factory.mktemp("dw") / "model")
     features = "+simd128,+relaxed-simd"
-    target = compile_model.wasm_target(features)
+    target = wasm_target(features)
     tasks = ms.relax_integration.extract_tasks(
-        tune_model.kernels(str(meta.parent / "depthwise.onnx"), str(meta), "nhwc", features), target)
+        model_kernels(str(meta.parent / "depthwise.onnx"), str(meta), "nhwc", features), target)
     return target, [t.dispatched[0] for t in tasks if depthwise.candidates(t.dispatched[0])]
 
 

@@ -1,4 +1,4 @@
-"""Batch norm folded into the convolution before it (wasmml.fold_batch_norm):
+"""Batch norm folded into the convolution before it (wasmml.compiler.fold_batch_norm):
 the folded model computes what the original does, by onnxruntime, and only
 pairs whose fold is exact are folded. No TVM here: the compiled graphs with
 batch norm (resnet_block, resnet18, mobilenet_v2) are in test_small_graphs."""
@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "site_scons"))
-from wasmml.fold_batch_norm import fold_batch_norms  # noqa: E402
+from wasmml.compiler.fold_batch_norm import fold_batch_norms  # noqa: E402
 
 RNG = np.random.default_rng(7)
 

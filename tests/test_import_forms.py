@@ -1,4 +1,4 @@
-"""Graph forms that TVM's ONNX importer takes wrongly, as compile_model
+"""Graph forms that TVM's ONNX importer takes wrongly, as the compiler
 imports them: weights also listed among the graph inputs (IR 3, or
 keep_initializers_as_inputs exports), batch norm statistics that are not
 1-D, and Dropout and Sum, which kept the nhwc pipeline's graphs in NCHW.
@@ -16,7 +16,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "site_scons"))
-from wasmml import compile_model as cm  # noqa: E402
+from wasmml.compiler import cli, errors, onnx_import, pipelines  # noqa: E402
 
 F32 = TensorProto.FLOAT
 RNG = np.random.default_rng(11)
@@ -79,14 +79,14 @@ def onnxruntime_output(model, name, x):
 
 
 def host_output(model, name, x, pipeline="nhwc"):
-    """The model as compile_model imports and lowers it, built for this
+    """The model as the compiler imports and lowers it, built for this
     machine; also the notes of the lowering (such as a layout kept)."""
     import tvm
     from tvm import relax
 
     target = tvm.target.Target("llvm")
-    stages = cm.Stages()
-    lowered = cm.lower(cm.to_relax(model, cm.input_shapes(model, {}, []), pipeline), target, pipeline,
+    stages = cli.Stages()
+    lowered = pipelines.lower(onnx_import.to_relax(model, onnx_import.input_shapes(model, {}, []), pipeline), target, pipeline,
                        stages=stages)
     vm = relax.VirtualMachine(relax.build(lowered, target, relax_pipeline=None), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy(), stages.notes
@@ -95,7 +95,7 @@ def host_output(model, name, x, pipeline="nhwc"):
 def test_weights_listed_as_inputs_are_weights():
     model = weights_as_inputs()
     onnx.checker.check_model(model)
-    assert cm.input_shapes(model, {}, []) == {"x": [1, 3, 8, 8]}
+    assert onnx_import.input_shapes(model, {}, []) == {"x": [1, 3, 8, 8]}
     name, x = _input(model)
     got, notes = host_output(model, name, x)
     np.testing.assert_allclose(got, onnxruntime_output(model, name, x), rtol=1e-5, atol=1e-5)
@@ -103,14 +103,14 @@ def test_weights_listed_as_inputs_are_weights():
 
 
 def test_the_plan_has_one_input_and_the_layout_is_nhwc(repo, tmp_path):
-    """compile_model.py as $TVMCOM runs it: the plan's inputs (run-model's
+    """The compiler as $TVMCOM runs it: the plan's inputs (run-model's
     input_N.bin) are the graph's one data input, not its weights."""
     from wasmml import toolchain
 
     onnx.save(weights_as_inputs(), tmp_path / "old.onnx")
     (tmp_path / "model.json").write_text(json.dumps({"name": "old", "onnx": "old.onnx"}))
     proc = subprocess.run(
-        [sys.executable, str(repo / "site_scons" / "wasmml" / "compile_model.py"), "--name", "old",
+        [sys.executable, str(repo / "site_scons" / "wasmml" / "compiler" / "__main__.py"), "--name", "old",
          "--meta", str(tmp_path / "model.json"), "--onnx", str(tmp_path / "old.onnx"),
          "--archive", str(tmp_path / "libold.a"), "--plan", str(tmp_path / "old.plan.json"),
          "--weights", str(tmp_path / "old.weights"), "--llvm-ar", toolchain.find_llvm_ar()],
@@ -141,8 +141,8 @@ def test_statistics_onnxruntime_refuses_are_one_line_naming_the_node(statistics,
     name, x = _input(model)
     with pytest.raises(Exception, match="BatchNormalization"):
         onnxruntime_output(model, name, x)
-    with pytest.raises(cm.ModelError) as error:
-        cm.to_relax(model, cm.input_shapes(model, {}, []))
+    with pytest.raises(errors.ModelError) as error:
+        onnx_import.to_relax(model, onnx_import.input_shapes(model, {}, []))
     message = str(error.value)
     assert message.startswith(
         f"node 'the_norm' (operator BatchNormalization): its scale has shape {statistics}, "), message

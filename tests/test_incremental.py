@@ -30,7 +30,8 @@ SCONS = (sys.executable, "-m", "SCons", "-Q", "CARGO_LTO=off")
 EDITED_FILES = ("models/digits/labels.txt", "models/digits/train.py", "models/digits/model.json",
                 "models/efficientnet_lite0/efficientnet_lite0.onnx", "rust/classify/src/main.rs",
                 "rust/runtime/src/lib.rs", "rust/vision/src/lib.rs", "rust/classify/Cargo.toml",
-                "rust/Cargo.lock", "site_scons/wasmml/compile_model.py", "site_scons/wasmml/winograd.py")
+                "rust/Cargo.lock", "site_scons/wasmml/compiler/cli.py",
+                "site_scons/wasmml/compiler/kernels/winograd.py")
 ALL_STEPS = {"train digits", "compile efficientnet_lite0", "compile digits",
              "build classify.wasm", "build digits.wasm"}
 
@@ -222,7 +223,7 @@ def test_label_file_rebuilds_what_embeds_labels_only(checkout, digit_image):
     assert checkout.digit_label(label) == names[int(label)]
 
 
-@pytest.mark.parametrize("module", ["compile_model.py", "winograd.py"])
+@pytest.mark.parametrize("module", ["compiler/cli.py", "compiler/kernels/winograd.py"])
 def test_compiler_code_recompiles_models(checkout, module):
     checkout.edit(f"site_scons/wasmml/{module}", lambda s: s + "\n# edited by a test\n")
     ran = checkout.build()[0]
@@ -231,24 +232,33 @@ def test_compiler_code_recompiles_models(checkout, module):
 
 
 def test_every_module_of_the_compiler_is_a_source_of_each_compile():
-    """The test above edits two of them; this one checks that no module the
-    compiler imports from wasmml is missing from the list it proved."""
+    """The test above edits two of them; this one checks that every module
+    the compiler's entry point imports from wasmml, directly or through
+    others, is a source of each compile."""
     sys.path.insert(0, str(REPO / "site_scons"))
     from wasmml.site_tools import tvm_model
 
-    compiler = REPO / "site_scons" / "wasmml"
-    imported, to_read = set(), ["compile_model"]
+    root = REPO / "site_scons"
+
+    def module_file(name):
+        path = root / name.replace(".", "/")
+        return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+    imported, to_read = set(), ["wasmml.compiler.cli"]
     while to_read:  # and what those modules import in turn
-        text = (compiler / f"{to_read.pop()}.py").read_text()
-        names = set(re.findall(r"from wasmml\.(\w+) import", text))
-        for listed in re.findall(r"from wasmml import ([\w, ]+)", text):
-            names |= {name.strip() for name in listed.split(",")}
+        text = module_file(to_read.pop()).read_text()
+        names = set(re.findall(r"from (wasmml(?:\.\w+)*) import", text))
+        for package, listed in re.findall(r"from (wasmml(?:\.\w+)*) import ([\w, ]+)", text):
+            names |= {f"{package}.{n.strip()}" for n in listed.split(",")
+                      if module_file(f"{package}.{n.strip()}").exists()}
         to_read += sorted(names - imported)
         imported |= names
-    assert imported >= {"winograd", "pointwise", "packed_conv", "fold_batch_norm"}
+    assert imported >= {"wasmml.compiler.kernels.winograd", "wasmml.compiler.kernels.pointwise",
+                        "wasmml.compiler.kernels.packing", "wasmml.compiler.fold_batch_norm",
+                        "wasmml.tuning_db", "wasmml.model_json"}
     sources = {Path(p).resolve() for p in tvm_model.COMPILER_SOURCES}
-    assert {(compiler / f"{m}.py").resolve() for m in imported} <= sources
-    assert (compiler / "compile_model.py").resolve() in sources
+    assert {module_file(m).resolve() for m in imported if m != "wasmml"} <= sources
+    assert (root / "wasmml" / "compiler" / "__main__.py").resolve() in sources
 
 
 def test_cargo_manifests_rebuild_the_crates_that_read_them(checkout):

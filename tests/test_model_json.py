@@ -19,7 +19,9 @@ from conftest import REPO, save_model
 from test_bad_models import assert_one_error_line, good_model, leftovers
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml import compile_model, model_json  # noqa: E402
+from wasmml import model_json  # noqa: E402
+from wasmml.compiler.errors import ModelError  # noqa: E402
+from wasmml.compiler.onnx_import import input_shapes  # noqa: E402
 from wasmml.model_json import ModelJsonError  # noqa: E402
 
 CLASSIFIER = {
@@ -250,13 +252,13 @@ def test_each_contradiction_with_the_onnx_file_is_one_line(model, meta, problem)
 def test_the_command_line_sets_dynamic_dims_and_may_not_contradict_static_ones():
     meta = {"name": "m", "onnx": "m.onnx"}
     dynamic = graph_model(("N", 2, 6, 6))
-    assert compile_model.input_shapes(dynamic, meta, ["x=8,2,6,6"]) == {"x": [8, 2, 6, 6]}
-    with pytest.raises(compile_model.ModelError) as e:
-        compile_model.input_shapes(dynamic, meta, ["x=8,2,6,5"])
+    assert input_shapes(dynamic, meta, ["x=8,2,6,6"]) == {"x": [8, 2, 6, 6]}
+    with pytest.raises(ModelError) as e:
+        input_shapes(dynamic, meta, ["x=8,2,6,5"])
     assert str(e.value) == ("--input-shape x=8,2,6,5 (TVM_INPUT_SHAPES): [8, 2, 6, 5] contradicts the ONNX "
                             "input's [N, 2, 6, 6] (dim 3 is 5, the ONNX file fixes it at 6)")
-    with pytest.raises(compile_model.ModelError, match=r"has rank 2, and the ONNX input has rank 4"):
-        compile_model.input_shapes(graph_model(), meta, ["x=72,1"])
+    with pytest.raises(ModelError, match=r"has rank 2, and the ONNX input has rank 4"):
+        input_shapes(graph_model(), meta, ["x=72,1"])
 
 
 # --- through scons ------------------------------------------------------------

@@ -18,7 +18,9 @@ from conftest import REPO, assert_matches_onnxruntime, save_model, tuning_record
 from test_depthwise import assert_each_computes, run_kernel
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml import compile_model, pointwise, tune_model  # noqa: E402
+from wasmml.compiler.kernels import pointwise  # noqa: E402
+from wasmml.compiler.target import wasm_target  # noqa: E402
+from wasmml.tuner.search import model_kernels  # noqa: E402
 
 SIZE = 14
 INPUTS = 12  # not a multiple of 8: steps of 4
@@ -55,9 +57,9 @@ def pointwise_model(path):
 def pointwise_kernels(tmp_path_factory):
     _, meta = pointwise_model(tmp_path_factory.mktemp("pw") / "model")
     features = "+simd128,+relaxed-simd"
-    target = compile_model.wasm_target(features)
+    target = wasm_target(features)
     tasks = ms.relax_integration.extract_tasks(
-        tune_model.kernels(str(meta.parent / "pointwise.onnx"), str(meta), "nhwc", features), target)
+        model_kernels(str(meta.parent / "pointwise.onnx"), str(meta), "nhwc", features), target)
     return target, [t.dispatched[0] for t in tasks if pointwise.candidates(t.dispatched[0])]
 
 

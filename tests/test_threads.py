@@ -17,7 +17,9 @@ from onnx import TensorProto, helper
 from conftest import REPO, assert_matches_onnxruntime, save_model, wasmtime_cli
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml import compile_model, pointwise  # noqa: E402
+from wasmml.compiler.kernels import pointwise  # noqa: E402
+from wasmml.compiler.parallel import parallelize  # noqa: E402
+from wasmml.compiler.target import tir_pipeline, wasm_target  # noqa: E402
 
 THREADED_RUN = ["-W", "threads=y,shared-memory=y", "-S", "threads=y"]
 
@@ -163,7 +165,7 @@ def test_pixels_inside_the_channel_loop_are_split_outside_it_and_sum_the_same(th
     assert schedules
     for sch in schedules[:4]:
         serial = run(sch.mod)
-        mod, count = compile_model.parallelize(sch.mod, threads)
+        mod, count = parallelize(sch.mod, threads)
         # the outputs' zeroing, the sums (hoisted) and the ReLU, or one around all three
         assert count in (1, 3), sch.trace
         assert launches(mod["main"]) in ([1], [1, 1, 1]), (launches(mod["main"]), mod["main"].script())
@@ -192,9 +194,9 @@ def test_parallel_bodies_keep_noalias_so_inputs_are_loaded_once_as_in_the_serial
     import tvm
 
     mod, _ = one_by_one_convolution(256, 64)
-    serial_target = compile_model.wasm_target("+simd128")
-    threaded = compile_model.wasm_target("+simd128", 2)
-    assert compile_model.tir_pipeline(serial_target) == "default"
+    serial_target = wasm_target("+simd128")
+    threaded = wasm_target("+simd128", 2)
+    assert tir_pipeline(serial_target) == "default"
 
     def scalar_loads(mod, target, pipeline):
         return tvm.tirx.build(mod, target=target, pipeline=pipeline).inspect_source("ll").count("load float")
@@ -202,9 +204,9 @@ def test_parallel_bodies_keep_noalias_so_inputs_are_loaded_once_as_in_the_serial
     reloads_without = 0
     for sch in pointwise.candidates(mod)[:4]:
         serial = scalar_loads(sch.mod, serial_target, "default")
-        parallel, _ = compile_model.parallelize(sch.mod, 2)
+        parallel, _ = parallelize(sch.mod, 2)
         reloads_without += scalar_loads(parallel, threaded, "default") - serial
-        assert scalar_loads(parallel, threaded, compile_model.tir_pipeline(threaded)) == serial, sch.trace
+        assert scalar_loads(parallel, threaded, tir_pipeline(threaded)) == serial, sch.trace
     assert reloads_without > 0, "TVM's own lambdas no longer reload: the outlining may be unneeded"
 
 
@@ -225,12 +227,12 @@ def test_outlined_parallel_bodies_compute_the_same_bits_on_real_threads(threads)
         return out.numpy()
 
     native = tvm.target.Target({"kind": "llvm", "num-cores": threads})
-    assert compile_model.tir_pipeline(native) != "default"
+    assert tir_pipeline(native) != "default"
     for sch in pointwise.candidates(mod)[:4]:
         serial = run(sch.mod, "llvm", "default")
-        parallel, count = compile_model.parallelize(sch.mod, threads)
+        parallel, count = parallelize(sch.mod, threads)
         assert count
-        np.testing.assert_array_equal(run(parallel, native, compile_model.tir_pipeline(native)), serial)
+        np.testing.assert_array_equal(run(parallel, native, tir_pipeline(native)), serial)
 
 
 @pytest.fixture(scope="module")

@@ -218,11 +218,12 @@ def test_a_record_cut_off_by_an_interrupted_tuning_run_is_left_out(repo, tmp_pat
     newline: builds read the records before it. Damage anywhere else is
     an error naming the file."""
     sys.path.insert(0, str(repo / "site_scons"))
-    from wasmml import compile_model
+    from wasmml import tuning_db
+    from wasmml.compiler.errors import ModelError
 
-    records = tmp_path / compile_model.RECORDS_FILE
+    records = tmp_path / tuning_db.RECORDS_FILE
     records.write_text('[0, [0.5]]\n[1, [0.25]]\n[2, [0.1')
-    assert compile_model.read_json_lines(str(records), "tuning record") == [[0, [0.5]], [1, [0.25]]]
+    assert tuning_db.read_json_lines(str(records), "tuning record") == [[0, [0.5]], [1, [0.25]]]
     records.write_text('[0, [0.5]]\n[1, [0.2\n[2, [0.125]]\n')
-    with pytest.raises(compile_model.ModelError, match=f"{records}: not a readable tuning record file"):
-        compile_model.read_json_lines(str(records), "tuning record")
+    with pytest.raises(ModelError, match=f"{records}: not a readable tuning record file"):
+        tuning_db.read_json_lines(str(records), "tuning record")

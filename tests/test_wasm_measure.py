@@ -16,7 +16,8 @@ from tvm.s_tir import meta_schedule as ms
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml import compile_model, wasm_measure  # noqa: E402
+from wasmml.compiler.target import wasm_target  # noqa: E402
+from wasmml.tuner import wasm_measure  # noqa: E402
 
 
 def pointwise_conv(channels=16, filters=24, size=8):
@@ -41,7 +42,7 @@ def pointwise_conv(channels=16, filters=24, size=8):
 
 
 def built(mod):
-    target = compile_model.wasm_target("+simd128")
+    target = wasm_target("+simd128")
     return wasm_measure.export_wasm(wasm_measure.build_kernel(mod, target, None))
 
 

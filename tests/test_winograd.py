@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "site_scons"))
-from wasmml import winograd  # noqa: E402
+from wasmml.compiler.kernels import winograd  # noqa: E402
 
 
 def direct_conv(nhwc, hwio, padding):
@@ -57,14 +57,15 @@ def test_hand_written_schedules_compute_the_kernel(tile, size, out_channels, var
     from tvm import te, topi
 
     from test_depthwise import run_kernel
-    from wasmml import compile_model, winograd_schedule
+    from wasmml.compiler.kernels import winograd_schedule
+    from wasmml.compiler.target import wasm_target
 
     x = te.placeholder((1, size, size, 16), name="x")
     w = te.placeholder((tile + 2, tile + 2, out_channels // 16, 16, 16), name="w")
     b = te.placeholder((1, 1, 1, out_channels), name="b")
     y = topi.nn.relu(topi.add(winograd.conv2d_nhwc(x, w, (1, 1, 1, 1)), b))
     mod = tvm.IRModule({"main": te.create_prim_func([x, w, b, y])})
-    target = compile_model.wasm_target("+simd128,+relaxed-simd")
+    target = wasm_target("+simd128,+relaxed-simd")
     expected = run_kernel(mod, target)
     schedules = winograd_schedule.candidates(mod)
     assert len(schedules) == variants
@@ -77,7 +78,7 @@ def test_a_kernel_without_winograd_has_no_hand_written_schedule():
     import tvm
     from tvm import te, topi
 
-    from wasmml import winograd_schedule
+    from wasmml.compiler.kernels import winograd_schedule
 
     x = te.placeholder((1, 8, 8, 16), name="x")
     w = te.placeholder((1, 1, 16, 64), name="w")

@@ -67,7 +67,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO / "models" / "resnet50"))
 sys.path.insert(0, str(REPO / "site_scons"))
 import ceiling  # noqa: E402
-from wasmml.compile_model import DEFAULT_PIPELINE, find_tuning_db, tuning_slug  # noqa: E402
+from wasmml.compiler.options import DEFAULT_PIPELINE  # noqa: E402
+from wasmml.tuning_db import find_tuning_db, tuning_slug  # noqa: E402
 
 MODELS = {
     "efficientnet_lite0": lambda: REPO / "models" / "efficientnet_lite0" / "model.json",
@@ -204,12 +205,13 @@ def tvm_native(model, x, runs):
     import onnx
     import tvm
     from tvm import relax
-    from wasmml import compile_model as cm
+    from wasmml.compiler.onnx_import import to_relax
+    from wasmml.compiler.pipelines import lower
 
     shapes = {model.input: model.shape}
-    mod = cm.to_relax(onnx.load(str(model.onnx)), shapes, model.pipeline)
+    mod = to_relax(onnx.load(str(model.onnx)), shapes, model.pipeline)
     target = tvm.target.Target.from_device(tvm.cpu())  # LLVM for this CPU, not a generic x86
-    lowered = cm.lower(mod, target, model.pipeline, model.tuning_db)  # the same schedules as ours
+    lowered = lower(mod, target, model.pipeline, model.tuning_db)  # the same schedules as ours
     vm = relax.VirtualMachine(relax.build(lowered, target, relax_pipeline=None), tvm.cpu())
     arg = tvm.runtime.tensor(x)
     times = []
@@ -463,13 +465,14 @@ def computed_flops(model):
     default pipeline (TVM's own, which the build does not rewrite)."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
-    from wasmml import compile_model as cm
-    from wasmml import tune_model
+    from wasmml.compiler.pipelines import PIPELINES
+    from wasmml.compiler.target import wasm_target
+    from wasmml.tuner.search import model_kernels
 
-    if cm.PIPELINES[model.pipeline] is None:
+    if PIPELINES[model.pipeline] is None:
         return None
-    mod = tune_model.kernels(str(model.onnx), str(model.json), model.pipeline, model.features)
-    tasks = ms.relax_integration.extract_tasks(mod, cm.wasm_target(model.features))
+    mod = model_kernels(str(model.onnx), str(model.json), model.pipeline, model.features)
+    tasks = ms.relax_integration.extract_tasks(mod, wasm_target(model.features))
     return sum(estimate_tir_flops(t.dispatched[0]) * t.weight for t in tasks)
 
 

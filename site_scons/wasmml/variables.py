@@ -9,7 +9,7 @@ import os
 
 from SCons.Variables import BoolVariable, EnumVariable, PathVariable, Variables
 
-from wasmml.compile_model import DEFAULT_PIPELINE
+from wasmml.compiler.options import DEFAULT_PIPELINE
 
 
 def plugin_variables(arguments, cargo_registry="auto"):

@@ -50,7 +50,8 @@ import SCons.Errors
 import SCons.Scanner
 
 import wasmml
-from wasmml import buildlock, buildstate, cargo_project, compile_model, staging, toolchain, wasm_module
+from wasmml import buildlock, buildstate, cargo_project, staging, toolchain, wasm_module
+from wasmml.compiler import options as compile_options
 
 # Paths and the model are passed as environment; the command line shows them,
 # so they are part of the build signature.
@@ -235,7 +236,7 @@ def _threads(env):
     """Whether the module is linked for threads: TVM_THREADS of the call,
     which CargoWasm takes from the model it links."""
     try:
-        n = compile_model.thread_count(env.subst("$TVM_THREADS") or 1)
+        n = compile_options.thread_count(env.subst("$TVM_THREADS") or 1)
     except ValueError as e:
         raise SCons.Errors.UserError(str(e)) from None
     if n > 1 and env.subst("$WASM_TARGET") != "wasi":

@@ -18,7 +18,7 @@ the pipeline and target, `tuning/<pipeline>/<features>/` (e.g.
 tuning/nhwc/simd128/), the compile applies it, and its files are sources of
 the compile. A relaxed-SIMD build without a database of its own applies the
 SIMD128 one. `TVMTune(model_json)` returns an alias, `tune-NAME`, that
-tunes the model into that database (wasmml/tune_model.py): an explicit,
+tunes the model into that database (wasmml.tuner): an explicit,
 resumable step, never run by a build.
 
 Construction variables (all part of the compile's signature; the first
@@ -58,6 +58,7 @@ TVM and onnx are imported only by the compile command, a separate process.
 """
 
 import os
+import re
 import sys
 
 import SCons.Action
@@ -65,17 +66,39 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Util
 
-from wasmml import buildlock, buildstate, compile_model, model_json, staging, toolchain
+from wasmml import buildlock, buildstate, model_json, staging, toolchain, tuning_db
+from wasmml.compiler import options as compile_options
 
 _WASMML_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPILER = os.path.join(_WASMML_DIR, "compile_model.py")
-# the compiler's code: a change to any of it recompiles every model
-COMPILER_SOURCES = [COMPILER] + [os.path.join(_WASMML_DIR, module)
-                               for module in ("winograd.py", "pointwise.py", "packed_conv.py",
-                                              "schedule_blocks.py", "fold_batch_norm.py",
-                                              "parallel_noalias.py", "model_json.py")]
-TUNER = os.path.join(_WASMML_DIR, "tune_model.py")
-TUNING_FILES = (compile_model.WORKLOADS_FILE, compile_model.RECORDS_FILE)
+COMPILER = os.path.join(_WASMML_DIR, "compiler", "__main__.py")
+TUNER = os.path.join(_WASMML_DIR, "tuner", "__main__.py")
+
+
+def compiler_sources():
+    """The compiler's code: every module of the wasmml.compiler package and
+    the plugin modules it imports (model_json, tuning_db). A change to any
+    of it recompiles every model."""
+    package = os.path.join(_WASMML_DIR, "compiler")
+    sources = sorted(os.path.join(root, f) for root, _, files in os.walk(package)
+                     for f in files if f.endswith(".py"))
+    imported = set()
+    for path in sources:
+        with open(path) as f:
+            imported.update(_plugin_modules_imported(f.read()))
+    return sources + sorted(os.path.join(_WASMML_DIR, f"{m}.py") for m in imported)
+
+
+def _plugin_modules_imported(text):
+    """The names of the top-level wasmml modules (files, not packages) that
+    `from wasmml import a, b` and `from wasmml.a import ...` lines import."""
+    names = set(re.findall(r"^\s*from wasmml\.(\w+) import", text, re.M))
+    for listed in re.findall(r"^\s*from wasmml import ([\w, ]+)", text, re.M):
+        names.update(n.strip() for n in listed.split(","))
+    return {n for n in names if os.path.isfile(os.path.join(_WASMML_DIR, f"{n}.py"))}
+
+
+COMPILER_SOURCES = compiler_sources()
+TUNING_FILES = (tuning_db.WORKLOADS_FILE, tuning_db.RECORDS_FILE)
 
 # What lies between $( and $) stays out of the build signature: where the
 # interpreter, llvm-ar or the checkout are does not change the artifacts, so
@@ -138,13 +161,13 @@ def tuning_dir(meta_node, pipeline, features, threads=1):
     features and threads lives: beside its model.json, in
     tuning/<pipeline>/<features>[+threadsN] (tuning/nhwc/simd128)."""
     return meta_node.srcnode().dir.Dir("tuning").Dir(
-        compile_model.tuning_subdir(pipeline, features, threads))
+        tuning_db.tuning_subdir(pipeline, features, threads))
 
 
 def threads(env, options=None):
     """TVM_THREADS of a builder call, checked: an int >= 1."""
     try:
-        return compile_model.thread_count(_option(env, options or {}, "TVM_THREADS"))
+        return compile_options.thread_count(_option(env, options or {}, "TVM_THREADS"))
     except ValueError as e:
         raise SCons.Errors.UserError(str(e)) from None
 
@@ -158,7 +181,7 @@ def _applied_tuning(env, meta_node, options):
     """The tuning database the compile applies, or "" for none."""
     if _option(env, options, "TVM_TUNING") == "off":
         return ""
-    return compile_model.find_tuning_db(meta_node.srcnode().dir.abspath,
+    return tuning_db.find_tuning_db(meta_node.srcnode().dir.abspath,
                                         _option(env, options, "TVM_PIPELINE"),
                                         _option(env, options, "TVM_TARGET_FEATURES"),
                                         threads(env, options)) or ""
@@ -270,7 +293,7 @@ def generate(env):
         PYTHON=sys.executable,
         TVM_COMPILER=COMPILER,
         TVM_TARGET_FEATURES="+simd128",
-        TVM_PIPELINE=compile_model.DEFAULT_PIPELINE,
+        TVM_PIPELINE=compile_options.DEFAULT_PIPELINE,
         TVM_INPUT_SHAPES=[],
         TVM_TUNING="on",
         TVM_THREADS=1,

@@ -1,5 +1,5 @@
 """Hand-written schedules for 1x1 convolutions (NHWC), which `scons tune`
-measures beside MetaSchedule's candidates (tune_model.py).
+measures beside MetaSchedule's candidates (wasmml.tuner).
 
 They are shaped for what wasmtime's code generator, Cranelift, makes of
 the wasm, not for LLVM's x86 code. Two habits of Cranelift decide it:
@@ -55,7 +55,7 @@ the hardware prefetcher does not follow. Whole inferences gained 1-2%
 with relaxed SIMD (the measurements: docs/tuning.md).
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
+from wasmml.compiler.kernels.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
 
 CONV_BLOCK = "conv2d_nhwc"
 PAD_BLOCK = "pad_temp"
@@ -141,10 +141,10 @@ def schedule(mod, steps, outputs, pixels, pixels_a_step=1):
 
 
 def replacement(call, data_shape, weight):
-    """packed_conv.rewrite's replacement of a 1x1 convolution (NHWC,
+    """packing.rewrite's replacement of a 1x1 convolution (NHWC,
     constant HWIO weights, no padding): conv2d_nhwc on its weights packed
     in blocks of outputs."""
-    from wasmml.packed_conv import block_outputs, nhwc_hwio_float32
+    from wasmml.compiler.kernels.packing import block_outputs, nhwc_hwio_float32
 
     if not (nhwc_hwio_float32(call, data_shape, weight) and weight.shape[:2] == (1, 1)
             and not any(int(p) for p in call.attrs.padding)):

@@ -11,7 +11,7 @@ the same kernel (onnxruntime's ConvBNFusion does the same at load time).
 Folded only where that is exact: the convolution's output feeds nothing but
 the batch norm, and the weights and statistics are initializers.
 
-Used by compile_model.py before TVM imports the model, after
+Used by the compiler (onnx_import) before TVM imports the model, after
 per_activation_as_arithmetic (batch norms whose statistics are not 1-D).
 """
 

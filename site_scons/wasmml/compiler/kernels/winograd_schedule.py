@@ -1,5 +1,5 @@
 """Hand-written schedules for the Winograd kernels (winograd.py), which
-`scons tune` measures beside MetaSchedule's candidates (tune_model.py).
+`scons tune` measures beside MetaSchedule's candidates (wasmml.tuner).
 
 The kernel's matrix products (block "bgemm": for each of the (m+2)^2
 points of the transform domain, tiles x input channels times input x
@@ -25,7 +25,7 @@ MetaSchedule's candidates, which schedule the products alone, and keeps
 the faster.
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
+from wasmml.compiler.kernels.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
 
 GEMM_BLOCK = "bgemm"
 # Output channels a block of the products: those of these that divide the

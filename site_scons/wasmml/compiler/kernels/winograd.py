@@ -16,7 +16,7 @@ MetaSchedule's own Winograd rules expect the single sum,
 so it tunes the matrix products alone, and the hand-written schedules
 (winograd_schedule.py) the whole kernel.
 
-Used by compile_model.py's nhwc pipeline, on convolutions in NHWC layout
+Used by the compiler's nhwc pipeline, on convolutions in NHWC layout
 with HWIO weights (winograd_tile says which, and with which tile).
 """
 
@@ -49,11 +49,11 @@ def transform_matrices(tile):
 
 def pack_weights(hwio, tile):
     """3x3 HWIO weights -> [alpha, alpha, O / block, I, block], alpha =
-    tile + 2, block from packed_conv.OUT_BLOCKS: each filter in the transform domain,
+    tile + 2, block from packing.OUT_BLOCKS: each filter in the transform domain,
     G g G^T, computed in float64."""
     import numpy as np
 
-    from wasmml.packed_conv import block_outputs
+    from wasmml.compiler.kernels.packing import block_outputs
 
     _, _, g = transform_matrices(tile)
     packed = np.einsum("ak,klio,bl->abio", g, hwio.astype(np.float64), g)
@@ -154,7 +154,7 @@ def winograd_tile(call, data_shape, weight):
 
 
 def _eligible(call, data_shape, weight):
-    from wasmml.packed_conv import nhwc_hwio_float32
+    from wasmml.compiler.kernels.packing import nhwc_hwio_float32
 
     return (nhwc_hwio_float32(call, data_shape, weight) and weight.shape[:2] == (3, 3)
             and [int(s) for s in call.attrs.strides] == [1, 1]
@@ -162,7 +162,7 @@ def _eligible(call, data_shape, weight):
 
 
 def replacement(call, data_shape, weight):
-    """packed_conv.rewrite's replacement of an eligible conv2d: the
+    """packing.rewrite's replacement of an eligible conv2d: the
     Winograd kernel on weights packed into the transform domain."""
     tile = winograd_tile(call, data_shape, weight)
     if tile is None:

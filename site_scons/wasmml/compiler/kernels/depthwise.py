@@ -1,5 +1,5 @@
 """Hand-written schedules for depthwise convolutions (NHWC), which `scons
-tune` measures beside MetaSchedule's candidates (tune_model.py).
+tune` measures beside MetaSchedule's candidates (wasmml.tuner).
 
 MetaSchedule's search finds poor schedules for these kernels: its best for
 EfficientNet-Lite0's depthwise layers pad the input into a copy, add into
@@ -22,7 +22,7 @@ pair that divides it is a candidate; the tuner measures them all once and
 keeps their records, and a build applies whichever record is fastest.
 """
 
-from wasmml.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, vectorize_innermost
+from wasmml.compiler.kernels.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, vectorize_innermost
 
 CONV_BLOCK = "group_conv2d_nhwc"
 PAD_BLOCK = "pad_temp"
@@ -86,7 +86,7 @@ def schedule(mod, channels, columns):
     sch.unroll(wy)
     sch.unroll(wx)
     sch.decompose_reduction(conv, wy)
-    # looked up twice, as when the databases' records were made: tune_model
+    # looked up twice, as when the databases' records were made: the tuner
     # knows a candidate by its trace's text
     if find_block(sch, PAD_BLOCK) is not None:
         sch.compute_inline(sch.get_sblock(PAD_BLOCK))

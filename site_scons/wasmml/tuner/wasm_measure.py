@@ -2,7 +2,7 @@
 a module of their own and timed in wasmtime, with the engine settings that
 run the built programs.
 
-MetaSchedule's export step and runner for `scons tune` (tune_model.py), so
+MetaSchedule's export step and runner for `scons tune` (wasmml.tuner), so
 candidate schedules are ranked by their speed in wasmtime, not by a native
 proxy's: Cranelift allocates registers and selects instructions its own
 way, and a schedule that LLVM keeps in x86 registers can spill under it.
@@ -19,7 +19,8 @@ import time
 import numpy as np
 import wasmtime
 
-from wasmml import compile_model, toolchain
+from wasmml import toolchain
+from wasmml.compiler.target import tir_pipeline
 
 ENTRY = "__tvm_ffi_main"  # TVM-FFI's safe-call symbol of the PrimFunc "main"
 STACK_BYTES = 1 << 20
@@ -33,7 +34,7 @@ DLPACK_CODES = {"int": 0, "uint": 1, "float": 2, "bfloat": 4, "bool": 6}
 
 def build_kernel(mod, target, params):
     """MetaSchedule's f_build: what its default build does, as a system
-    library like compile_model's, so the kernel calls the host functions
+    library like the compiler's, so the kernel calls the host functions
     directly (a dynamic library's would call them through pointers a loader
     fills in). Unlike the default, it does not first import TVM's tensor
     intrinsics: a wasm kernel uses none of them, and registering them costs
@@ -42,7 +43,7 @@ def build_kernel(mod, target, params):
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod.with_attr("system_lib_prefix", ""))
-    return tvm.tirx.build(mod, target=target, pipeline=compile_model.tir_pipeline(target))
+    return tvm.tirx.build(mod, target=target, pipeline=tir_pipeline(target))
 
 
 def export_wasm(rt_mod):
