@@ -1,4 +1,7 @@
-"""
+"""The tuning databases on disk, with no TVM import, for the SCons tools,
+the compiler and the tuner alike: where a model's database for a pipeline,
+wasm features and thread count lives (tuning/nhwc/simd128+threads2), which
+one a build applies, and reading its JSON-lines files.
 """
 
 import json

@@ -1,6 +1,6 @@
-"""What a compile's user-caused failures are: ModelError, and the one line an exception is shown as.
+"""What a compile's user-caused failures are (ModelError), and the one
+line an exception is shown as.
 """
-
 
 class ModelError(Exception):
     """A problem with the model or its options, reported as one line."""

@@ -1,16 +1,12 @@
-"""The compile options the SCons tools and the compiler agree on (pipelines by name, wasm features,
-threads), with no TVM import: the tools check a build's options with them.
+"""The compile options the SCons tools and the compiler agree on (the
+default pipeline, wasm features, threads), with no TVM import: the tools
+check a build's options with them.
 """
 
-
 RELAXED_SIMD = "+relaxed-simd"
-
-
 # what a threaded build's kernels need besides the build's features: real
 # atomics and a shared memory (wasm-ld refuses to mix objects without them)
 THREAD_FEATURES = ("+atomics", "+bulk-memory")
-
-
 DEFAULT_PIPELINE = "nhwc"
 
 

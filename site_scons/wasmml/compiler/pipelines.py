@@ -85,8 +85,6 @@ def _operators(func):
 
 
 PIPELINES = {"default": None, "fold-fuse": _fold_fuse, "prepack": _fold_fuse_prepack, "nhwc": _nhwc}
-
-
 # pipelines that change layouts import some operators in forms they can move
 # (_layout_friendly_import)
 LAYOUT_PIPELINES = {"nhwc"}

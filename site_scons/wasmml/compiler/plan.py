@@ -8,8 +8,6 @@ from wasmml.compiler.errors import ModelError
 
 
 PLAN_FORMAT = 1
-
-
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
 
 

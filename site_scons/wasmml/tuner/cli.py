@@ -52,7 +52,8 @@ from wasmml.compiler.options import DEFAULT_PIPELINE
 from wasmml.compiler.pipelines import PIPELINES
 from wasmml.tuner.database import measurement, open_database, prune, remeasure
 from wasmml.tuner.report import named, report, task_records, time_share
-from wasmml.tuner.search import COST_MODEL, import_tensor_intrinsics, measurement_setup, model_kernels, search, space, trials_wanted
+from wasmml.tuner.search import (COST_MODEL, import_tensor_intrinsics, measurement_setup,
+                                 model_kernels, search, space, trials_wanted)
 from wasmml.tuner.seeding import hand_written, seed, seed_database
 
 

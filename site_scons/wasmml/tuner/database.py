@@ -16,8 +16,6 @@ from wasmml.tuning_db import RECORDS_FILE, WORKLOADS_FILE, mean_run_seconds, rea
 # argument in cache, which ranked ResNet50's Winograd kernels by speeds they
 # do not have in an inference.
 MEASUREMENT = {"caches": "all arguments but the first flushed before each timed call"}
-
-
 MEASUREMENT_FILE = "measurement.json"
 
 

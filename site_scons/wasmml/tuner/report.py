@@ -2,7 +2,6 @@
 their calls, times and GFLOP/s.
 """
 
-
 # How many of the costliest kernels report() lists.
 REPORTED_KERNELS = 10
 

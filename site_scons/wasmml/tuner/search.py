@@ -15,11 +15,7 @@ from wasmml.compiler.target import wasm_target
 
 # x86-64 with SSE4.2: 128-bit vectors like simd128; one core: no threads.
 PROXY_TARGET = {"kind": "llvm", "mcpu": "x86-64", "mattr": ["+sse4.2"], "num-cores": 1}
-
-
 VECTOR_LANES = 4  # f32 lanes in a 128-bit vector
-
-
 COST_MODEL = os.environ.get("WASMML_TUNE_COST_MODEL", "xgb")
 
 
@@ -137,7 +133,8 @@ def measurement_setup(args):
         raise ModelError(f"--threads {args.threads}: candidates with parallel loops are timed "
                             "natively (TUNE_MEASURE=native); wasmtime's measurement has no thread pool")
     if args.measure == "native":
-        return (tvm.target.Target(dict(PROXY_TARGET, **{"num-cores": args.threads})), ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+        return (tvm.target.Target(dict(PROXY_TARGET, **{"num-cores": args.threads})),
+                ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
                 ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
                     number=3, repeat=1, min_repeat_ms=20, enable_cpu_cache_flush=True)))
     from wasmml.tuner import wasm_measure

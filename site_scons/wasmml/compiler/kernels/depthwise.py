@@ -22,7 +22,8 @@ pair that divides it is a candidate; the tuner measures them all once and
 keeps their records, and a build applies whichever record is fastest.
 """
 
-from wasmml.compiler.kernels.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, vectorize_innermost
+from wasmml.compiler.kernels.schedule_blocks import (find_block, inline_all_but_last_consumer,
+                                                     loop_extents, vectorize_innermost)
 
 CONV_BLOCK = "group_conv2d_nhwc"
 PAD_BLOCK = "pad_temp"

@@ -55,7 +55,8 @@ the hardware prefetcher does not follow. Whole inferences gained 1-2%
 with relaxed SIMD (the measurements: docs/tuning.md).
 """
 
-from wasmml.compiler.kernels.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
+from wasmml.compiler.kernels.schedule_blocks import (find_block, inline_all_but_last_consumer,
+                                                     loop_extents, step_shapes, sums_in_chains)
 
 CONV_BLOCK = "conv2d_nhwc"
 PAD_BLOCK = "pad_temp"

@@ -25,7 +25,8 @@ MetaSchedule's candidates, which schedule the products alone, and keeps
 the faster.
 """
 
-from wasmml.compiler.kernels.schedule_blocks import find_block, inline_all_but_last_consumer, loop_extents, step_shapes, sums_in_chains
+from wasmml.compiler.kernels.schedule_blocks import (find_block, inline_all_but_last_consumer,
+                                                     loop_extents, step_shapes, sums_in_chains)
 
 GEMM_BLOCK = "bgemm"
 # Output channels a block of the products: those of these that divide the
