@@ -22,6 +22,14 @@ TOOLPATH = os.path.join(_HERE, "site_tools")
 TOOLS = ("tvm_model", "cargo_wasm", "wascap_sign")
 
 
+def setup(env):
+    """The tree's build policy, from its SConstruct (wasmml.project): one
+    build at a time, the decider for large artifacts, $CACHE_DIR."""
+    from wasmml import project
+
+    project.setup(env)
+
+
 def crates_dir():
     """Where the Rust half (the crates `model-runtime` and `model-embed`)
     is: inside the installed package, or the checkout's rust/ workspace."""

@@ -5,6 +5,7 @@ half-written file under an artifact's name, so nothing partial is ever
 taken as up to date; and it leaves no staging file either.
 """
 
+import contextlib
 import os
 import shutil
 
@@ -20,6 +21,26 @@ def write_into_place(final, data):
         with open(tmp, "wb") as f:
             f.write(data)
     _into_place(final, write)
+
+
+@contextlib.contextmanager
+def all_into_place(*finals):
+    """For artifacts that go into place together: yields their staging
+    paths for the block to write; when it ends, renames them all into
+    place. If it fails, none of the artifacts remains, staged or final."""
+    staged = [final + ".tmp" for final in finals]
+    try:
+        for tmp in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        yield staged
+        for tmp, final in zip(staged, finals):
+            os.replace(tmp, final)
+    except BaseException:
+        for path in staged + list(finals):
+            if os.path.exists(path):
+                os.remove(path)
+        raise
 
 
 def _into_place(final, write):

@@ -226,7 +226,7 @@ pub struct Session<'m> {
     // Kernels get raw pointers into these three; they are never resized
     // after construction, so the pointers stay valid for the session's life.
     _shapes: Vec<Vec<i64>>,
-    tensors: Vec<DLTensor>,
+    #[allow(dead_code)] tensors: Vec<DLTensor>, // read only through those pointers
     steps: Vec<(SafeCall, Vec<TVMFFIAny>)>,
 }
 
@@ -358,11 +358,6 @@ impl<'m> Session<'m> {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
-    }
-
-    /// The DLTensors of the plan, for debugging.
-    pub fn tensors(&self) -> &[DLTensor] {
-        &self.tensors
     }
 }
 

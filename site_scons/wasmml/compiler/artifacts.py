@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 
+from wasmml import staging
 from wasmml.compiler.target import tir_pipeline
 
 
@@ -20,29 +21,16 @@ def build_object(mod, target, path):
 def write_outputs(args, plan, weights, obj_path):
     """Write every artifact beside its final name, then rename them all, so a
     failure or a kill never leaves a partial artifact under a final name."""
-    staged = []
-    try:
-        archive_tmp = args.archive + ".tmp"
+    with staging.all_into_place(args.archive, args.plan, args.weights) as (archive_tmp, plan_tmp, weights_tmp):
         member = os.path.join(os.path.dirname(obj_path), args.name + ".o")
         os.replace(obj_path, member)
-        if os.path.exists(archive_tmp):
-            os.remove(archive_tmp)
         # D: deterministic (no timestamps, uids); s: write the symbol index.
         ar = subprocess.run([args.llvm_ar, "rcsD", archive_tmp, member],
                             capture_output=True, text=True)
         if ar.returncode != 0:
             raise OSError(f"{os.path.basename(args.llvm_ar)}: {_tool_error(ar)}")
-        staged.append((archive_tmp, args.archive))
-        staged.append((_write_tmp(args.plan, json.dumps(plan, indent=1, sort_keys=True).encode()), args.plan))
-        staged.append((_write_tmp(args.weights, bytes(weights)), args.weights))
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, final in staged:
-            for path in (tmp, final):
-                if os.path.exists(path):
-                    os.remove(path)
-        raise
+        _write(plan_tmp, json.dumps(plan, indent=1, sort_keys=True).encode())
+        _write(weights_tmp, bytes(weights))
 
 
 def _tool_error(proc):
@@ -53,11 +41,9 @@ def _tool_error(proc):
     return (errors or lines or [f"exited with {proc.returncode}"])[0][:300]
 
 
-def _write_tmp(final, data):
-    tmp = final + ".tmp"
-    with open(tmp, "wb") as f:
+def _write(path, data):
+    with open(path, "wb") as f:
         f.write(data)
-    return tmp
 
 
 def remove_outputs(args):

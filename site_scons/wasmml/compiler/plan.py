@@ -11,7 +11,7 @@ PLAN_FORMAT = 1
 ALIGN = 64  # TVM kernels assume 64-byte aligned buffers (kAllocAlignment).
 
 
-def _align(n):
+def align(n):
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
@@ -39,7 +39,7 @@ class PlanBuilder:
 
     def _arena_alloc(self, nbytes):
         offset = self.arena
-        self.arena = _align(self.arena + int(nbytes))
+        self.arena = align(self.arena + int(nbytes))
         return offset
 
     def _constant(self, const):
@@ -48,7 +48,7 @@ class PlanBuilder:
             array = const.value.numpy()
             offset = len(self.weights)
             self.weights += array.tobytes()
-            self.weights += bytes(_align(len(self.weights)) - len(self.weights))
+            self.weights += bytes(align(len(self.weights)) - len(self.weights))
             self.const_ids[key] = self._tensor(str(array.dtype), array.shape, "weights", offset)
         return self.const_ids[key]
 

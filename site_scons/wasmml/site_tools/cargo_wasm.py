@@ -50,7 +50,7 @@ import SCons.Errors
 import SCons.Scanner
 
 import wasmml
-from wasmml import buildlock, buildstate, cargo_project, staging, toolchain, wasm_module
+from wasmml import cargo_project, model_nodes, staging, toolchain, wasm_module
 from wasmml.compiler import options as compile_options
 
 # Paths and the model are passed as environment; the command line shows them,
@@ -121,7 +121,6 @@ CrateScanner = SCons.Scanner.Scanner(function=_scan_crate, name="CargoCrate", sk
 
 # --- builder -------------------------------------------------------------------
 
-_started = {}  # target path -> when its cargo step began
 _said_toolchain = []  # the toolchain line is printed once a build
 
 
@@ -149,7 +148,7 @@ def _start(target, source, env):
         _said_toolchain.append(True)
         print(f"  rust: {env.subst('$CARGO')}, {env.subst('$RUSTC')} ({env.get('RUST_VERSION', '?')}); "
               f"crates: {why}", flush=True)
-    _started[target[0].abspath] = time.monotonic()
+    target[0].attributes.cargo_started = time.monotonic()
     return 0
 
 
@@ -177,7 +176,7 @@ def _copy_artifact(target, source, env):
     final = target[0].abspath
     staging.copy_into_place(built, final)
     if not env.GetOption("silent"):
-        seconds = time.monotonic() - _started.pop(final, time.monotonic())
+        seconds = time.monotonic() - getattr(target[0].attributes, "cargo_started", time.monotonic())
         size = os.path.getsize(final) / 1e6
         print(f"  {target[0].name}: {size:.1f} MB, cargo {seconds:.1f}s", flush=True)
     return 0
@@ -198,13 +197,11 @@ def _cargo_wasm(env, target, crate_dir, model=None, **overrides):
         overrides.setdefault("WASM_MODEL_DIR", archive.dir.abspath)
         overrides.setdefault("WASM_MODEL_NAME", archive.name[3:-2])
         # kernels with parallel loops need the runtime's threads (tvm_model)
-        overrides.setdefault("TVM_THREADS", getattr(archive.attributes, "tvm_threads", 1))
+        overrides.setdefault("TVM_THREADS", model_nodes.threads_of(archive))
     overrides.setdefault("CARGO_BIN", _crate(crate.srcnode().abspath).default_bin)
     overrides["CARGO_MANIFEST"] = manifest.srcnode().abspath
     nodes = env._CargoWasm(target, [manifest] + model, **overrides)
-    # tvm_model removes these when the model stops compiling.
-    for model_node in model:
-        model_node.attributes.dependents = getattr(model_node.attributes, "dependents", []) + list(nodes)
+    model_nodes.add_dependents(model, nodes)
     env.Clean(nodes, env.Dir("$CARGO_TARGET_DIR"))
     return nodes
 
@@ -218,12 +215,13 @@ def _artifact_flags(env):
 
 
 def _rustflags(env):
-    """Keeps absolute paths out of the module, so builds are reproducible.
+    """Keeps absolute paths out of the module, so builds are reproducible:
+    the crates' workspace is named by its directory's name alone.
     Depends only on where the crates are, so every project that builds
     them shares one cargo target dir without rebuilding dependencies."""
     crate = _crate(os.path.dirname(env.subst("$CARGO_MANIFEST")))
     root = crate.root or crate.dir
-    flags = f"--remap-path-prefix={root}=rust"
+    flags = f"--remap-path-prefix={root}={os.path.basename(root)}"
     crates = wasmml.crates_dir()
     if crate.patched and os.path.relpath(crates, root).startswith(".."):
         flags += f" --remap-path-prefix={crates}=wasmml-crates"
@@ -261,8 +259,6 @@ def _search_path(env):
 
 
 def generate(env):
-    buildlock.hold(env.Dir("#").abspath)
-    buildstate.guard_saving()
     try:
         # Kept beside SCons's own state (.sconsign.dblite), not in build/.
         rust = toolchain.find_rust(env.File("#.sconsign.rust-toolchain.json").abspath,

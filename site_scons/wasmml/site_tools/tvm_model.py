@@ -50,6 +50,8 @@ five can be set for one model from the command line: NAME.OPTION=VALUE):
                          or "native" (an x86 proxy with 128-bit vectors)
     TUNE_PRUNE           True: TVMTune then drops the records of kernels the
                          model no longer has (default False)
+    TUNE_LOGS_DIR        where TVMTune keeps MetaSchedule's logs, one directory
+                         a model (default "#build/tune-logs")
     PYTHON               the interpreter that has TVM (default: SCons's own)
     LLVM_AR              found on PATH unless set
     TVMCOM, TVMCOMSTR    the compile command and its log line
@@ -66,7 +68,7 @@ import SCons.Builder
 import SCons.Errors
 import SCons.Util
 
-from wasmml import buildlock, buildstate, model_json, staging, toolchain, tuning_db
+from wasmml import model_json, model_nodes, staging, toolchain, tuning_db
 from wasmml.compiler import options as compile_options
 
 _WASMML_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +118,7 @@ TUNECOM = (
     "${'--kernels \"%s\"' % TUNE_KERNELS if TUNE_KERNELS else ''} "
     "--target-features $TVM_TARGET_FEATURES --pipeline $TVM_PIPELINE --measure $TUNE_MEASURE "
     "${'--prune' if TUNE_PRUNE else ''} $_TVM_THREADS_FLAGS "
-    "--logs \"${__env__.Dir('#build/tune-logs').abspath}/$TVM_MODEL_NAME\""
+    "--logs \"${__env__.Dir(TUNE_LOGS_DIR).abspath}/$TVM_MODEL_NAME\""
 )
 
 
@@ -218,8 +220,7 @@ def _model_artifacts(env, target_dir, model_json, **overrides):
     overrides["TVM_THREADS"] = threads(env, overrides)
     compiled = env._TVMCompile(out_dir, meta_node, TVM_MODEL_NAME=name, TVM_ONNX=onnx,
                                TVM_TUNING_DB=_applied_tuning(env, meta_node, overrides), **overrides)
-    # cargo_wasm links a module of this archive with the runtime's threads
-    compiled[0].attributes.tvm_threads = overrides["TVM_THREADS"]
+    model_nodes.mark_threads(compiled[0], overrides["TVM_THREADS"])
     nodes = list(compiled)
     nodes += env.Command(out_dir.File(f"{name}.meta.json"), meta_node, _COPY)
     if meta.get("labels"):
@@ -270,25 +271,19 @@ _COPY = SCons.Action.Action(_copy_file, None)
 
 class _CompileAction(SCons.Action.CommandAction):
     """$TVMCOM, and when it fails, also removes the programs built from an
-    earlier compile of this model (nodes that other builders list in the
-    archive's `attributes.dependents`, as cargo_wasm does): no artifact of a
-    model that does not compile may remain."""
+    earlier compile of this model (model_nodes): no artifact of a model
+    that does not compile may remain."""
 
     def execute(self, target, source, env, *args, **kw):
         if env.get("TVM_TOOLCHAIN_ERROR"):
             raise SCons.Errors.UserError(env["TVM_TOOLCHAIN_ERROR"])
         status = super().execute(target, source, env, *args, **kw)
         if status:
-            for node in target:
-                for dependent in getattr(node.attributes, "dependents", []):
-                    if os.path.exists(dependent.abspath):
-                        os.remove(dependent.abspath)
+            model_nodes.remove_dependents(target)
         return status
 
 
 def generate(env):
-    buildlock.hold(env.Dir("#").abspath)
-    buildstate.guard_saving()
     env.SetDefault(
         PYTHON=sys.executable,
         TVM_COMPILER=COMPILER,
@@ -306,6 +301,7 @@ def generate(env):
         TUNE_KERNELS="",
         TUNE_MEASURE="wasmtime",
         TUNE_PRUNE=False,
+        TUNE_LOGS_DIR="#build/tune-logs",
         TUNECOM=TUNECOM,
         TUNECOMSTR="Tuning model $TVM_MODEL_NAME into $TVM_TUNING_DB ($TUNE_TRIALS trials a kernel)",
         _TVM_SHAPE_FLAGS="${_tvm_shape_flags(TVM_INPUT_SHAPES)}",

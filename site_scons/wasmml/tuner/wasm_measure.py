@@ -20,11 +20,11 @@ import numpy as np
 import wasmtime
 
 from wasmml import toolchain
+from wasmml.compiler.plan import align
 from wasmml.compiler.target import tir_pipeline
 
 ENTRY = "__tvm_ffi_main"  # TVM-FFI's safe-call symbol of the PrimFunc "main"
 STACK_BYTES = 1 << 20
-ALIGN = 64  # TVM kernels assume 64-byte aligned buffers
 PAGE = 65536
 ANY_BYTES = 16  # TVMFFIAny
 DLTENSOR_BYTES = 40  # DLTensor on wasm32 (rust/runtime/src/ffi.rs)
@@ -61,10 +61,6 @@ def export_wasm(rt_mod):
     return wasm
 
 
-def _align(n):
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
 class KernelError(Exception):
     """The kernel returned non-zero, trapped, or imports an unknown function."""
 
@@ -81,7 +77,7 @@ class Kernel:
         exports = instance.exports(self.store)
         self.memory = exports["memory"]
         self.entry = exports[ENTRY]
-        self.top = _align(exports["__heap_base"].value(self.store))
+        self.top = align(exports["__heap_base"].value(self.store))
         self.args = self._lay_out(args_info, np.random.default_rng(seed))
         self.workspace_base = self.top
 
@@ -121,7 +117,7 @@ class Kernel:
 
     def _reserve(self, nbytes):
         ptr = self.top
-        self.top = _align(ptr + int(nbytes))
+        self.top = align(ptr + int(nbytes))
         short = self.top - self.memory.data_len(self.store)
         if short > 0:
             self.memory.grow(self.store, (short + PAGE - 1) // PAGE)
