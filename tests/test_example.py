@@ -25,7 +25,8 @@ from conftest import wasmtime_cli
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "iris"
 # what the wheel is built from: the files pyproject.toml packages
-PACKAGE_INPUTS = ["pyproject.toml", "LICENSE", "README.md", "site_scons/wasmml", "rust/runtime", "rust/embed"]
+PACKAGE_INPUTS = ["pyproject.toml", "LICENSE", "README.md", "site_scons/wasmml", "site_scons/wascc", "rust/runtime",
+                  "rust/embed"]
 FLOWERS = [(5.1, 3.5, 1.4, 0.2), (5.9, 3.0, 5.1, 1.8), (6.4, 3.2, 4.5, 1.5), (4.9, 2.4, 3.3, 1.0)]
 
 

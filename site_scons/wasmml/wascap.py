@@ -22,7 +22,7 @@ import jwt
 import jwt.algorithms
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from wasmml.wasm_module import read_uleb, uleb
+from wascc.leb128 import read_uleb, uleb
 
 SECTION = "jwt"
 # wasmCloud's later tools write this name; hosts still read `jwt`. Both are
