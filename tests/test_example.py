@@ -119,7 +119,8 @@ def _ran(log):
 
 
 def test_the_installed_plugin_is_not_the_checkout(user_venv):
-    where = _run([user_venv / "bin" / "python", "-c", "import wasmml; print(wasmml.__file__, wasmml.crates_dir())"],
+    where = _run([user_venv / "bin" / "python", "-c",
+                  "import wasmml, wascc.host; print(wasmml.__file__, wasmml.crates_dir(), wascc.host.__file__)"],
                  cwd=user_venv, env=_user_environment()).stdout.split()
     assert all(Path(p).resolve().is_relative_to(user_venv.resolve()) for p in where), where
     assert (Path(where[1]) / "runtime" / "Cargo.toml").is_file()

@@ -3,7 +3,7 @@
 Builder `WascapSign(target_wasm, unsigned_wasm, ACTOR_NAME=..., ACTOR_CAPS=[...])`
 writes the module with a `jwt` custom section: a token that the account key
 issued for the module key, with the module's hash and the actor's claims
-(see wasmml/wascap.py).
+(the package wascc beside the plugin signs: see wascc/wascap.py).
 
 Keys are nkey seeds, secrets that never enter the build tree, the build
 cache or the log:
@@ -40,7 +40,7 @@ def _keys_from_environment():
 
 
 def _sign(target, source, env):
-    from wasmml import wascap  # heavy: only when something is signed
+    from wascc import wascap  # heavy: only when something is signed
 
     seeds = _keys_from_environment()
     environ = dict(zip(SEED_ENV, seeds)) if seeds else {}
@@ -62,7 +62,7 @@ def _sign(target, source, env):
 
 
 def _make_keys(target, source, env):
-    from wasmml import wascap
+    from wascc import wascap
 
     wascap.load_keys(target[0].dir.abspath, environ={})  # creates what is missing
     return 0
