@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 
-from wascc import module_cache, wascap
+from wascc import keys, module_cache, wascap
 
 from .server import Pool, Server
 from .wapc import Actor, ActorError
@@ -84,22 +84,12 @@ def trusted_issuers(ns):
         return ns.issuer
     if ns.any_issuer:
         return None
-    env_name = wascap.SEED_ENV["account"]
-    seed, where = os.environ.get(env_name), f"${env_name}"
-    if not seed:
-        where = os.path.join(ns.keys_dir, "account.nk")
-        try:
-            with open(where) as f:
-                seed = f.read()
-        except FileNotFoundError:
-            raise wascap.WascapError(f"no trusted account: no --issuer, no ${env_name} and no "
-                                     f"{where} (or pass --any-issuer)") from None
     try:
-        account = wascap.KeyPair.from_seed(seed)
-    except wascap.WascapError as e:
-        raise wascap.WascapError(f"{where}: {e}") from None
-    if account.kind != "account":
-        raise wascap.WascapError(f"{where} holds a {account.kind} seed, not an account seed")
+        account = wascap.load_key("account", ns.keys_dir, create=False)
+    except FileNotFoundError:
+        raise wascap.WascapError(
+            f"no trusted account: no --issuer, no ${keys.SEED_ENV['account']} and no "
+            f"{keys.key_file(ns.keys_dir, 'account')} (or pass --any-issuer)") from None
     return [account.public_key]
 
 
