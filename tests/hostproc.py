@@ -20,7 +20,7 @@ class Host:
         cmd = [sys.executable, "-m", "wascc.host", str(actor), "--port", str(self.port),
                "--quiet", *map(str, args)]
         env = dict(os.environ, PYTHONPATH=str(REPO / "site_scons"))
-        env.setdefault("WASMRUN_CACHE", str(REPO / "build" / "wasmrun-cache"))  # not ~/.cache
+        env.setdefault("WASCC_HOST_CACHE", str(REPO / "build" / "wascc-host-cache"))  # not ~/.cache
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = self.proc.stdout.readline()
 

@@ -65,7 +65,7 @@ def test_health_and_unknown_operations(actor):
     once the model is loaded; an operation the actor lacks is a guest error."""
     import msgpack
     from wascc.host import Actor, GuestError
-    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wasmrun-cache").instantiate()
+    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wascc-host-cache").instantiate()
     health = msgpack.unpackb(instance.call("HealthRequest", msgpack.packb({"placeholder": True})))
     assert health == {"healthy": True, "message": "model 'efficientnet_lite0' loaded"}
     with pytest.raises(GuestError, match="unknown operation 'Frobnicate'"):
@@ -84,7 +84,7 @@ def test_wrong_field_types_are_malformed_requests(actor):
     guest error that says so, not a trap; the actor then still answers."""
     import msgpack
     from wascc.host import Actor, GuestError
-    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wasmrun-cache").instantiate()
+    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wascc-host-cache").instantiate()
     for field, wrong in WRONG_TYPES.items():
         with pytest.raises(GuestError, match="HandleRequest: malformed request: .*invalid type"):
             instance.call("HandleRequest", msgpack.packb(dict(GOOD_REQUEST, **{field: wrong})))
