@@ -211,7 +211,7 @@ def actor_keys():
     """Signing seeds for the test session, given to the build as
     $WASCC_ACCOUNT_SEED and $WASCC_MODULE_SEED."""
     sys.path.insert(0, str(REPO / "site_scons"))
-    from wasmml.wascap import KeyPair
+    from wascc.wascap import KeyPair
     return {"WASCC_ACCOUNT_SEED": KeyPair.generate("account").seed,
             "WASCC_MODULE_SEED": KeyPair.generate("module").seed}
 

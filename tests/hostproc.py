@@ -1,4 +1,4 @@
-"""The waSCC host (python -m wasmml.wascc_host) as a subprocess on a free
+"""The waSCC host (python -m wascc.host) as a subprocess on a free
 loopback port, for the tests that talk HTTP to it."""
 
 import http.client
@@ -17,10 +17,10 @@ class Host:
 
     def __init__(self, actor, *args, port=0):
         self.port = port or free_port()
-        cmd = [sys.executable, "-m", "wasmml.wascc_host", str(actor), "--port", str(self.port),
+        cmd = [sys.executable, "-m", "wascc.host", str(actor), "--port", str(self.port),
                "--quiet", *map(str, args)]
         env = dict(os.environ, PYTHONPATH=str(REPO / "site_scons"))
-        env.setdefault("WASMRUN_CACHE", str(REPO / "build" / "wasmrun-cache"))  # not ~/.cache
+        env.setdefault("WASCC_HOST_CACHE", str(REPO / "build" / "wascc-host-cache"))  # not ~/.cache
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.banner = self.proc.stdout.readline()
 

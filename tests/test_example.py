@@ -25,7 +25,8 @@ from conftest import wasmtime_cli
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "iris"
 # what the wheel is built from: the files pyproject.toml packages
-PACKAGE_INPUTS = ["pyproject.toml", "LICENSE", "README.md", "site_scons/wasmml", "rust/runtime", "rust/embed"]
+PACKAGE_INPUTS = ["pyproject.toml", "LICENSE", "README.md", "site_scons/wasmml", "site_scons/wascc", "rust/runtime",
+                  "rust/embed"]
 FLOWERS = [(5.1, 3.5, 1.4, 0.2), (5.9, 3.0, 5.1, 1.8), (6.4, 3.2, 4.5, 1.5), (4.9, 2.4, 3.3, 1.0)]
 
 
@@ -118,7 +119,8 @@ def _ran(log):
 
 
 def test_the_installed_plugin_is_not_the_checkout(user_venv):
-    where = _run([user_venv / "bin" / "python", "-c", "import wasmml; print(wasmml.__file__, wasmml.crates_dir())"],
+    where = _run([user_venv / "bin" / "python", "-c",
+                  "import wasmml, wascc.host; print(wasmml.__file__, wasmml.crates_dir(), wascc.host.__file__)"],
                  cwd=user_venv, env=_user_environment()).stdout.split()
     assert all(Path(p).resolve().is_relative_to(user_venv.resolve()) for p in where), where
     assert (Path(where[1]) / "runtime" / "Cargo.toml").is_file()

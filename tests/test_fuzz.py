@@ -133,7 +133,7 @@ def test_images_that_once_crashed(classify):
 
 @pytest.fixture(scope="module")
 def host(actor, actor_keys):
-    from wasmml.wascap import KeyPair
+    from wascc.wascap import KeyPair
 
     account = KeyPair.from_seed(actor_keys["WASCC_ACCOUNT_SEED"]).public_key
     h = Host(actor, "--issuer", account, "--instances", 2, "--max-body", 1 << 20,
@@ -220,7 +220,7 @@ def test_any_actor_reply_is_parsed_or_refused_as_malformed(value):
     shape either parses into a response that can be sent as it is, or is a
     ValueError (answered 500 "malformed response from the actor")."""
     import msgpack
-    from wasmml.wascc_host.server import parse_response
+    from wascc.host.server import parse_response
 
     try:
         status, reason, headers, body = parse_response(msgpack.packb(value, use_bin_type=True))

@@ -1,5 +1,5 @@
 """The build signs the actor as wascap does, checked here with code of its
-own (section walking, base32, CRC-16, JWT parsing), not wasmml.wascap's:
+own (section walking, base32, CRC-16, JWT parsing), not wascc.wascap's:
 an Ed25519 signature by the account over the token, the module's hash, the
 claims, and keys that stay secret."""
 

@@ -1,5 +1,5 @@
 """The host's limits and refusals, with a small waPC actor written here in
-WAT (signed by wasmml.wascap) that misbehaves on demand: the last byte of
+WAT (signed by wascc.wascap) that misbehaves on demand: the last byte of
 the request body says what it does. Each test runs the real host process
 and a real HTTP client on loopback.
 
@@ -27,7 +27,7 @@ from conftest import REPO
 from hostproc import Host, refusal
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml import wascap  # noqa: E402
+from wascc import wascap  # noqa: E402
 
 OK = msgpack.packb({"statusCode": 200, "status": "OK", "header": {"Content-Type": "text/plain"},
                     "body": b"ok"}, use_bin_type=True)

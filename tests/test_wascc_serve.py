@@ -1,5 +1,5 @@
 """The second product, for real: `scons wascc` builds the signed actor, and
-the project's host (wasmml.wascc_host) serves it over HTTP on loopback. A
+the project's host (wascc.host) serves it over HTTP on loopback. A
 real HTTP client sends photos and bad requests; the actor answers each, and
 the host refuses actors it must not run."""
 
@@ -28,7 +28,7 @@ ESPRESSO = 967
 
 
 def account_of(actor_keys):
-    from wasmml.wascap import KeyPair
+    from wascc.wascap import KeyPair
     return KeyPair.from_seed(actor_keys["WASCC_ACCOUNT_SEED"]).public_key
 
 
@@ -64,8 +64,8 @@ def test_health_and_unknown_operations(actor):
     """The waPC calls themselves, in process: HealthRequest answers healthy
     once the model is loaded; an operation the actor lacks is a guest error."""
     import msgpack
-    from wasmml.wascc_host import Actor, GuestError
-    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wasmrun-cache").instantiate()
+    from wascc.host import Actor, GuestError
+    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wascc-host-cache").instantiate()
     health = msgpack.unpackb(instance.call("HealthRequest", msgpack.packb({"placeholder": True})))
     assert health == {"healthy": True, "message": "model 'efficientnet_lite0' loaded"}
     with pytest.raises(GuestError, match="unknown operation 'Frobnicate'"):
@@ -83,8 +83,8 @@ def test_wrong_field_types_are_malformed_requests(actor):
     """A request map whose fields have the wrong types, or lack one, is a
     guest error that says so, not a trap; the actor then still answers."""
     import msgpack
-    from wasmml.wascc_host import Actor, GuestError
-    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wasmrun-cache").instantiate()
+    from wascc.host import Actor, GuestError
+    instance = Actor(actor.read_bytes(), cache_dir=REPO / "build" / "wascc-host-cache").instantiate()
     for field, wrong in WRONG_TYPES.items():
         with pytest.raises(GuestError, match="HandleRequest: malformed request: .*invalid type"):
             instance.call("HandleRequest", msgpack.packb(dict(GOOD_REQUEST, **{field: wrong})))
@@ -179,7 +179,7 @@ def test_tampered_actor_is_refused(actor, actor_keys, tmp_path):
 
 
 def test_actor_signed_by_a_stranger_is_refused(actor, actor_keys, tmp_path):
-    from wasmml import wascap
+    from wascc import wascap
     stranger = wascap.KeyPair.generate("account")
     module = wascap.KeyPair.from_seed(actor_keys["WASCC_MODULE_SEED"])
     resigned = tmp_path / "resigned.wasm"

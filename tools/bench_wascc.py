@@ -6,7 +6,7 @@ side by side with the host of an earlier revision, in one run.
         [--instances N] [--baseline REV]
 
 Builds the actor and the WASI command if needed, then starts two hosts on
-free loopback ports: this tree's (wasmml.wascc_host) and the one at git
+free loopback ports: this tree's (wascc.host) and the one at git
 revision --baseline (extracted with `git archive`), serving the same
 actor with the same options. It checks that both answer the photo as the
 WASI command does and warms every instance up. Then, for each client count
@@ -58,13 +58,13 @@ def free_port():
 
 
 class Host:
-    """A host process serving `actor`, with its plugin from `site_dir`."""
+    """A host process serving `actor`, with its package from `site_dir`."""
 
     def __init__(self, name, site_dir, actor, instances):
         self.name, self.port = name, free_port()
         env = dict(os.environ, PYTHONPATH=str(site_dir))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wasmml.wascc_host", actor, "--port", str(self.port),
+            [sys.executable, "-m", host_module(site_dir), actor, "--port", str(self.port),
              "--instances", str(instances), "--quiet", "--keys-dir", str(REPO / "keys")],
             env=env, stdout=subprocess.PIPE, text=True)
         if not self.proc.stdout.readline().startswith("serving"):
@@ -79,6 +79,12 @@ class Host:
     def stop(self):
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=30)
+
+
+def host_module(site_dir):
+    """The host's module in `site_dir`: wascc.host, or in revisions before
+    issue 26 moved it out of the plugin, wasmml.wascc_host."""
+    return "wascc.host" if (Path(site_dir) / "wascc" / "host").is_dir() else "wasmml.wascc_host"
 
 
 def baseline_site(rev, scratch):

@@ -3,7 +3,7 @@
 Builder `WascapSign(target_wasm, unsigned_wasm, ACTOR_NAME=..., ACTOR_CAPS=[...])`
 writes the module with a `jwt` custom section: a token that the account key
 issued for the module key, with the module's hash and the actor's claims
-(see wasmml/wascap.py).
+(the package wascc beside the plugin signs: see wascc/wascap.py).
 
 Keys are nkey seeds, secrets that never enter the build tree, the build
 cache or the log:
@@ -28,24 +28,22 @@ import os
 import SCons.Action
 import SCons.Builder
 
+from wascc import keys  # the key files' names; standard library only
 from wasmml import staging
 
-SEED_ENV = ("WASCC_ACCOUNT_SEED", "WASCC_MODULE_SEED")
-KEY_FILES = ("account.nk", "module.nk")
 
-
-def _keys_from_environment():
-    seeds = [os.environ.get(name, "") for name in SEED_ENV]
-    return seeds if all(seeds) else None
+def _seeds_from_environment():
+    """{variable: seed} when the environment gives both seeds, else None."""
+    seeds = {name: os.environ.get(name, "") for name in keys.SEED_ENV.values()}
+    return seeds if all(seeds.values()) else None
 
 
 def _sign(target, source, env):
-    from wasmml import wascap  # heavy: only when something is signed
+    from wascc import wascap  # heavy: only when something is signed
 
-    seeds = _keys_from_environment()
-    environ = dict(zip(SEED_ENV, seeds)) if seeds else {}
     try:
-        account, module = wascap.load_keys(env.Dir("$WASCC_KEYS_DIR").abspath, environ)
+        account, module = wascap.load_keys(env.Dir("$WASCC_KEYS_DIR").abspath,
+                                           _seeds_from_environment() or {})
         with open(source[0].abspath, "rb") as f:
             signed = wascap.sign_actor(
                 f.read(), account, module, name=env.subst("$ACTOR_NAME"),
@@ -62,7 +60,7 @@ def _sign(target, source, env):
 
 
 def _make_keys(target, source, env):
-    from wasmml import wascap
+    from wascc import wascap
 
     wascap.load_keys(target[0].dir.abspath, environ={})  # creates what is missing
     return 0
@@ -71,15 +69,16 @@ def _make_keys(target, source, env):
 def _key_sources(env):
     """What the signature depends on: the key files (built if missing), or a
     digest of the seeds given in the environment."""
-    seeds = _keys_from_environment()
-    if seeds:
-        digest = hashlib.sha256("\n".join(seeds).encode()).hexdigest()
+    seeds = _seeds_from_environment()
+    if seeds:  # account's, then module's
+        digest = hashlib.sha256("\n".join(seeds.values()).encode()).hexdigest()
         return [env.Value(f"keys from environment, sha256 {digest}")]
-    keys = env._WascapKeys([env.Dir("$WASCC_KEYS_DIR").File(n) for n in KEY_FILES], [])
-    env.NoCache(keys)    # secrets never go into a shared CacheDir
-    env.NoClean(keys)    # `scons -c` must not forget who signed
-    env.Precious(keys)
-    return keys
+    keys_dir = env.Dir("$WASCC_KEYS_DIR").abspath
+    files = env._WascapKeys([env.File(keys.key_file(keys_dir, kind)) for kind in keys.KINDS], [])
+    env.NoCache(files)    # secrets never go into a shared CacheDir
+    env.NoClean(files)    # `scons -c` must not forget who signed
+    env.Precious(files)
+    return files
 
 
 def _wascap_sign(env, target, source, **overrides):

@@ -1,7 +1,7 @@
 """Serve a signed waSCC actor over HTTP, as a waSCC host with the
 `wascc:http_server` capability would:
 
-    PYTHONPATH=site_scons python -m wasmml.wascc_host ACTOR.wasm [--host H] [--port P]
+    PYTHONPATH=site_scons python -m wascc.host ACTOR.wasm [--host H] [--port P]
         [--instances N] [--max-body BYTES] [--timeout S] [--queue-timeout S] [--max-memory MIB]
         [--client-timeout S] [--request-timeout S] [--max-connections N]
         [--max-client-connections N]
@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 
-from wasmml import wascap, wasmcache
+from wascc import keys, module_cache, wascap
 
 from .server import Pool, Server
 from .wapc import Actor, ActorError
@@ -30,7 +30,7 @@ HTTP_SERVER = "wascc:http_server"
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m wasmml.wascc_host",
+    p = argparse.ArgumentParser(prog="python -m wascc.host",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("actor", metavar="ACTOR.wasm")
     p.add_argument("--host", default="127.0.0.1")
@@ -84,22 +84,12 @@ def trusted_issuers(ns):
         return ns.issuer
     if ns.any_issuer:
         return None
-    env_name = wascap.SEED_ENV["account"]
-    seed, where = os.environ.get(env_name), f"${env_name}"
-    if not seed:
-        where = os.path.join(ns.keys_dir, "account.nk")
-        try:
-            with open(where) as f:
-                seed = f.read()
-        except FileNotFoundError:
-            raise wascap.WascapError(f"no trusted account: no --issuer, no ${env_name} and no "
-                                     f"{where} (or pass --any-issuer)") from None
     try:
-        account = wascap.KeyPair.from_seed(seed)
-    except wascap.WascapError as e:
-        raise wascap.WascapError(f"{where}: {e}") from None
-    if account.kind != "account":
-        raise wascap.WascapError(f"{where} holds a {account.kind} seed, not an account seed")
+        account = wascap.load_key("account", ns.keys_dir, create=False)
+    except FileNotFoundError:
+        raise wascap.WascapError(
+            f"no trusted account: no --issuer, no ${keys.SEED_ENV['account']} and no "
+            f"{keys.key_file(ns.keys_dir, 'account')} (or pass --any-issuer)") from None
     return [account.public_key]
 
 
@@ -110,7 +100,7 @@ def load_actor(ns, issuers):
     claims = wascap.verify_actor(wasm, trusted_issuers=issuers, required_caps=[HTTP_SERVER])
     name = claims["wascap"].get("name") or os.path.basename(ns.actor)
     actor = Actor(wasm, name=name, timeout=ns.timeout, max_memory=ns.max_memory << 20,
-                  cache_dir=wasmcache.default_dir())
+                  cache_dir=module_cache.default_dir())
     return actor, claims
 
 

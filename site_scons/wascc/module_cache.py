@@ -12,9 +12,9 @@ import wasmtime
 
 
 def default_dir():
-    """$WASMRUN_CACHE, else ~/.cache/wasmrun."""
-    return (os.environ.get("WASMRUN_CACHE")
-            or os.path.join(os.path.expanduser("~"), ".cache", "wasmrun"))
+    """$WASCC_HOST_CACHE, else ~/.cache/wascc-host."""
+    return (os.environ.get("WASCC_HOST_CACHE")
+            or os.path.join(os.path.expanduser("~"), ".cache", "wascc-host"))
 
 
 def load_module(engine, wasm, cache_dir, flavor=""):

@@ -22,7 +22,8 @@ import jwt
 import jwt.algorithms
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from wasmml.wasm_module import read_uleb, uleb
+from wascc.keys import KINDS, SEED_ENV, key_file
+from wascc.leb128 import read_uleb, uleb
 
 SECTION = "jwt"
 # wasmCloud's later tools write this name; hosts still read `jwt`. Both are
@@ -32,7 +33,6 @@ SECTIONS_IGNORED_BY_HASH = {"jwt", "wasmcloud_jwt"}
 _SEED_PREFIX = 18 << 3
 _KINDS = {"account": 0, "module": 12 << 3}  # base32 "A...", "M..."
 _PREFIX_KIND = {v: k for k, v in _KINDS.items()}
-SEED_ENV = {"account": "WASCC_ACCOUNT_SEED", "module": "WASCC_MODULE_SEED"}
 
 
 class WascapError(Exception):
@@ -116,37 +116,54 @@ def _check_kind(kind):
 
 
 def load_keys(keys_dir, environ=os.environ):
-    """(account, module) key pairs: from WASCC_ACCOUNT_SEED/WASCC_MODULE_SEED
-    when set, else from keys_dir/{account,module}.nk, created on first use
-    (mode 0600, in a directory only the user can read)."""
-    return tuple(_load_key(kind, keys_dir, environ) for kind in ("account", "module"))
+    """(account, module) key pairs, each as load_key loads it: key files
+    missing from keys_dir are created."""
+    return tuple(load_key(kind, keys_dir, environ) for kind in KINDS)
 
 
-def _load_key(kind, keys_dir, environ):
-    if environ.get(SEED_ENV[kind]):
-        pair = KeyPair.from_seed(environ[SEED_ENV[kind]])
-        where = f"${SEED_ENV[kind]}"
+def load_key(kind, keys_dir, environ=os.environ, *, create=True):
+    """The key pair of `kind` ("account" or "module"): from its variable
+    ($WASCC_ACCOUNT_SEED, $WASCC_MODULE_SEED) when set, else from its key
+    file in keys_dir (wascc.keys.key_file). A missing key file is created
+    when `create` (mode 0600, in a directory only the user can read), else
+    FileNotFoundError. A malformed seed, or one of the other kind, is a
+    WascapError that says where it came from. The one loader of seeds, for
+    the build that signs (load_keys) and the host that checks."""
+    name = SEED_ENV[kind]
+    if environ.get(name):
+        where = f"${name}"
+        pair = _from_seed(environ[name], where)
     else:
-        path = os.path.join(keys_dir, f"{kind}.nk")
-        pair, where = _read_or_create_seed(kind, path), path
+        where = key_file(keys_dir, kind)
+        pair = _read_or_create_seed(kind, where) if create else _read_seed(where)
     if pair.kind != kind:
         raise WascapError(f"{where} holds {_article(pair.kind)} {pair.kind} seed, not "
                           f"{_article(kind)} {kind} seed")
     return pair
 
 
+def _from_seed(seed, where):
+    try:
+        return KeyPair.from_seed(seed)
+    except WascapError as e:
+        raise WascapError(f"{where}: {e}") from None
+
+
+def _read_seed(path):
+    with open(path) as f:
+        return _from_seed(f.read(), path)
+
+
 def _read_or_create_seed(kind, path):
     try:
-        with open(path) as f:
-            return KeyPair.from_seed(f.read())
+        return _read_seed(path)
     except FileNotFoundError:
         pass
-    except WascapError as e:
-        raise WascapError(f"{path}: {e}") from None
     pair = KeyPair.generate(kind)
     keys_dir = os.path.dirname(path) or "."
     os.makedirs(keys_dir, mode=0o700, exist_ok=True)
-    if set(os.listdir(keys_dir)) <= {"account.nk", "module.nk"}:  # a directory of keys only
+    key_files = {os.path.basename(key_file(keys_dir, k)) for k in KINDS}
+    if set(os.listdir(keys_dir)) <= key_files:  # a directory of keys only
         os.chmod(keys_dir, 0o700)  # SCons made it 0755 before the action ran
     # O_EXCL: two builds creating keys at once must not overwrite each other
     try:

@@ -1,4 +1,4 @@
-"""The waSCC host's cache of compiled modules (wasmml.wasmcache): a hit
+"""The waSCC host's cache of compiled modules (wascc.module_cache): a hit
 deserializes what an earlier load compiled, and a corrupt entry is compiled
 again and rewritten, never loaded."""
 
@@ -11,7 +11,7 @@ import wasmtime
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "site_scons"))
-from wasmml.wasmcache import load_module  # noqa: E402
+from wascc.module_cache import load_module  # noqa: E402
 
 ENGINE = wasmtime.Engine()
 WASM = wasmtime.wat2wasm('(module (func (export "answer") (result i32) (i32.const 42)))')

@@ -18,7 +18,7 @@ import time
 
 import wasmtime
 
-from wasmml import wasmcache
+from wascc import module_cache
 
 TICK = 0.01  # seconds per epoch tick: the resolution of the time budget
 PAGE = 65536
@@ -80,7 +80,7 @@ class Actor:
         self.name, self.timeout, self.max_memory = name, timeout, max_memory
         self.deadline = max(1, round(timeout / TICK))
         try:
-            self.module = wasmcache.load_module(engine(), wasm, cache_dir, flavor="epoch")
+            self.module = module_cache.load_module(engine(), wasm, cache_dir, flavor="epoch")
         except wasmtime.WasmtimeError as e:
             raise ModuleError(f"not a valid module: {one_line(e)}") from None
         self.uses_wasi = _check_imports(self.module)

@@ -1,6 +1,6 @@
 """A waSCC host in Python: runs a signed waPC actor behind `wascc:http_server`.
 
-    PYTHONPATH=site_scons python -m wasmml.wascc_host ACTOR.wasm [--port 8081] ...
+    PYTHONPATH=site_scons python -m wascc.host ACTOR.wasm [--port 8081] ...
 
 `wapc` runs actor instances on wasmtime (imports, bounds checks, time and
 memory limits); `server` turns HTTP requests into `HandleRequest` calls on a
