@@ -7,10 +7,12 @@ import concurrent.futures
 import http.client
 import json
 import os
+import select
 import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
@@ -204,12 +206,29 @@ def test_scons_serve_serves_the_built_actor_until_ctrl_c(actor, actor_keys, chec
         assert banner.startswith("serving classify"), proc.stderr.read() if proc.poll() else banner
         status, _, body = request(port, "PUT", photo("chelsea.png"))
         assert status == 200 and LABELS.index(json.loads(body)) in CAT_CLASSES, body
+        # the host logs a request after answering it: Ctrl-C only once it has
+        logged = read_until(proc.stderr, "PUT / 200", timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=60)
+    err = "".join(logged) + err
     assert "Traceback" not in err, err
     assert "PUT / 200" in err  # the host's request log
+
+
+def read_until(stream, text, timeout):
+    """What `stream` gives up to and with `text`, or all it gave within
+    `timeout` seconds (read from its descriptor, so that what is left stays
+    for communicate())."""
+    chunks, deadline = [], time.monotonic() + timeout
+    while text not in "".join(chunks) and time.monotonic() < deadline:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(stream.fileno(), 65536).decode(errors="replace") if ready else ""
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return chunks
 
 
 # --- memory: images refused from their header, or decoded within 512 MiB -------

@@ -12,9 +12,9 @@ import wasmtime
 
 
 def default_dir():
-    """$WASCC_HOST_CACHE, else ~/.cache/wascc-host."""
-    return (os.environ.get("WASCC_HOST_CACHE")
-            or os.path.join(os.path.expanduser("~"), ".cache", "wascc-host"))
+    """$WASCC_HOST_CACHE, else wascc-host in $XDG_CACHE_HOME or ~/.cache."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("WASCC_HOST_CACHE") or os.path.join(cache_home, "wascc-host")
 
 
 def load_module(engine, wasm, cache_dir, flavor=""):

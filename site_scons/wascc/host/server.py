@@ -8,8 +8,8 @@ chunked, or Content-Length beside Transfer-Encoding is answered 400 (501,
 made to disagree with it about where a request ends.
 
 The request and response are MessagePack maps, as wascc-codec 0.6 encodes
-them (see /work/shared/WASCC.md). Every answer the host makes itself is
-JSON (`{"error": ...}`); an instance that trapped or timed out is replaced
+them (docs/design.md, "The waSCC actor and its host"). Every answer the
+host makes itself is JSON (`{"error": ...}`); an instance that trapped or timed out is replaced
 by a fresh one, so the host keeps serving.
 """
 import collections

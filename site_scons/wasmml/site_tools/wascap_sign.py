@@ -62,7 +62,11 @@ def _sign(target, source, env):
 def _make_keys(target, source, env):
     from wascc import wascap
 
-    wascap.load_keys(target[0].dir.abspath, environ={})  # creates what is missing
+    try:
+        wascap.load_keys(target[0].dir.abspath, environ={})  # creates what is missing
+    except wascap.WascapError as e:  # the other key file is there but unreadable
+        print(f"error: signing keys in {target[0].dir}: {e}", flush=True)
+        return 1
     return 0
 
 
