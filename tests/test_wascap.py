@@ -147,3 +147,20 @@ def test_keys_are_generated_once_outside_the_build_tree_and_never_shown(tmp_path
             assert seed.encode() not in path.read_bytes(), f"{path} holds a seed"
     ignored = subprocess.run(["git", "check-ignore", "-q", "keys/account.nk"], cwd=REPO)
     assert ignored.returncode == 0, "the default keys dir is ignored by git"
+
+
+def test_a_malformed_key_file_beside_a_missing_one_is_one_line(tmp_path, checkout, cargo_target_dir):
+    """The build makes the missing key and must read the other: a damaged
+    one stops it with a line naming the keys dir, not a traceback, and no
+    actor is signed."""
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o700)
+    (keys / "account.nk").write_text("not a seed\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WASCC_")}
+    out = subprocess.run([sys.executable, "-m", "SCons", "wascc", f"WASCC_KEYS_DIR={keys}",
+                          f"CARGO_TARGET_DIR={cargo_target_dir}"],
+                         cwd=checkout, env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert f"error: signing keys in {keys}" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert "Signing" not in out.stdout
