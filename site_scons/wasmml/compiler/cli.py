@@ -23,7 +23,7 @@ from wasmml.compiler.target import wasm_target
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m wasmml.compiler", description=__doc__)
     p.add_argument("--name", required=True)
     p.add_argument("--onnx", required=True)
     p.add_argument("--meta", required=True, help="the model's model.json")

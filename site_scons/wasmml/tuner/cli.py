@@ -58,7 +58,7 @@ from wasmml.tuner.seeding import hand_written, seed, seed_database
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m wasmml.tuner", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True)
     p.add_argument("--onnx", required=True)
     p.add_argument("--meta", required=True)
