@@ -147,21 +147,15 @@ def test_pixels_inside_the_channel_loop_are_split_outside_it_and_sum_the_same(th
     pixels are split among the threads outside that loop, one launch a call,
     and every sum adds in the same order (the same bits as one thread)."""
     import tvm
-    from tvm import te, topi
 
-    x = te.placeholder((1, 14, 14, 32), name="x")
-    w = te.placeholder((1, 1, 32, 64), name="w")
-    y = topi.nn.relu(topi.nn.conv2d_nhwc(x, w, 1, 0, 1))
-    rng = np.random.default_rng(0)
-    args = [rng.standard_normal((1, 14, 14, 32), dtype=np.float32),
-            rng.standard_normal((1, 1, 32, 64), dtype=np.float32)]
+    conv, args = one_by_one_convolution(32, 64)
 
     def run(mod):
         out = tvm.runtime.tensor(np.zeros((1, 14, 14, 64), np.float32))
         tvm.compile(mod, target="llvm")["main"](*map(tvm.runtime.tensor, args), out)
         return out.numpy()
 
-    schedules = pointwise.candidates(tvm.IRModule({"main": te.create_prim_func([x, w, y])}))
+    schedules = pointwise.candidates(conv)
     assert schedules
     for sch in schedules[:4]:
         serial = run(sch.mod)
